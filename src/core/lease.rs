@@ -1,0 +1,451 @@
+//! The lease rules, all in one place.
+//!
+//! A node **acquires** `r` when it is ready, it is among the desired owners of `r`, and
+//! no other holder blocks it (every live member whose record says it holds `r` is itself
+//! desired; a live member whose record is unknown counts as a possible holder). A blocker
+//! that neither yields nor goes down within `handoff_timeout` + one anti-entropy period
+//! is passed over, and that is logged.
+//!
+//! A holder **loses** `r` when it leaves the desired owners, when a newer process with
+//! its name appears, when it withdraws, or when it leaves. It reports the loss at once
+//! and **yields** (clears `held` in its record, which it sends to the nodes it unblocks)
+//! when the application drops the lease, or after `handoff_timeout` at the latest.
+//! Dropping a lease that was not lost steps down: the node yields and stays out of the
+//! candidates for `step_down_backoff`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::{CommandError, Core, CoreTimer, Event, NodeState};
+use crate::record::{RECORD_CAP, validate_resource};
+
+/// Identifies one tenure of one resource on one node.
+pub type LeaseId = u64;
+
+/// Why a lease was lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LostReason {
+    /// A higher-ranked candidate became ready (or tickets shrank): the node left the
+    /// desired owners.
+    Displaced,
+    /// A newer process with this node's name runs.
+    Superseded,
+    /// The application withdrew its candidacy.
+    Withdrawn,
+    /// The node is leaving the fleet.
+    Leaving,
+}
+
+impl LostReason {
+    /// A short label, for logs and the debug endpoint.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LostReason::Displaced => "displaced",
+            LostReason::Superseded => "superseded",
+            LostReason::Withdrawn => "withdrawn",
+            LostReason::Leaving => "leaving",
+        }
+    }
+}
+
+impl std::fmt::Display for LostReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where one of this node's leases stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LeaseState {
+    /// Not holding.
+    Idle,
+    /// Holding since `since`.
+    Held { lease: LeaseId, since: Duration },
+    /// Told to stop; still a holder until the lease is dropped or the deadline passes.
+    Lost { lease: LeaseId },
+}
+
+/// This node's interest in one resource.
+#[derive(Clone, Debug)]
+pub(crate) struct OwnClaim {
+    pub tickets: u16,
+    pub lease: LeaseState,
+    /// The application withdrew: the claim goes once the lease is yielded.
+    pub withdrawn: bool,
+    /// Stepped down: out of the candidates until then.
+    pub backoff_until: Option<Duration>,
+    /// Blockers and when this node, ready and desired, first saw each block.
+    pub blocked_since: BTreeMap<SocketAddr, Duration>,
+    /// The tickets mismatch last reported, if any.
+    pub mismatch: Option<u16>,
+    /// When the pending escape check fires, if one is scheduled.
+    pub escape_at: Option<Duration>,
+}
+
+impl OwnClaim {
+    pub fn candidate(&self) -> bool {
+        !self.withdrawn && self.backoff_until.is_none()
+    }
+
+    pub fn held(&self) -> bool {
+        !matches!(self.lease, LeaseState::Idle)
+    }
+}
+
+impl Core {
+    /// Starts competing for `resource` with `tickets`.
+    pub fn obtain(&mut self, now: Duration, resource: &str, tickets: u16) -> Result<(), CommandError> {
+        validate_resource(resource)?;
+        if tickets == 0 {
+            return Err(CommandError::ZeroTickets);
+        }
+        if self.leaving || matches!(self.state, NodeState::Superseded | NodeState::Left) {
+            return Err(CommandError::NotRunning(self.state));
+        }
+        if let Some(claim) = self.claims.get(resource) {
+            if !claim.withdrawn {
+                return Err(CommandError::AlreadyCompeting(resource.to_string()));
+            }
+        }
+        let previous = self.claims.get(resource).cloned();
+        let claim = OwnClaim {
+            tickets,
+            lease: previous.as_ref().map_or(super::lease::LeaseState::Idle, |c| c.lease),
+            withdrawn: false,
+            backoff_until: None,
+            blocked_since: BTreeMap::new(),
+            mismatch: None,
+            escape_at: None,
+        };
+        self.claims.insert(resource.to_string(), claim);
+        let size = self.build_record(u64::MAX).encode().len();
+        if size > RECORD_CAP {
+            match previous {
+                Some(previous) => self.claims.insert(resource.to_string(), previous),
+                None => self.claims.remove(resource),
+            };
+            return Err(CommandError::RecordFull {
+                resource: resource.to_string(),
+                size,
+                cap: RECORD_CAP,
+            });
+        }
+        info!(resource, tickets, "competing");
+        self.bump_record(now);
+        self.dirty.insert(resource.to_string());
+        self.after_input(now);
+        Ok(())
+    }
+
+    /// Stops competing for `resource` (the seed's `fnRelease`). A held lease is reported
+    /// lost and yielded when dropped; a node that does not compete ignores this.
+    pub fn withdraw(&mut self, now: Duration, resource: &str) {
+        let Some(claim) = self.claims.get_mut(resource) else {
+            return;
+        };
+        claim.withdrawn = true;
+        match claim.lease {
+            LeaseState::Idle => {
+                self.claims.remove(resource);
+            }
+            LeaseState::Held { .. } => self.lose(now, resource, super::LostReason::Withdrawn),
+            LeaseState::Lost { .. } => {}
+        }
+        info!(resource, "withdrawn");
+        self.bump_record(now);
+        self.after_input(now);
+    }
+
+    /// The application dropped lease `lease` of `resource`: yield it (and step down if
+    /// it was not lost).
+    pub fn lease_dropped(&mut self, now: Duration, resource: &str, lease: LeaseId) {
+        let Some(claim) = self.claims.get_mut(resource) else {
+            return;
+        };
+        match claim.lease {
+            LeaseState::Held { lease: id, .. } if id == lease => {
+                let until = now + self.cfg.step_down_backoff;
+                claim.backoff_until = Some(until);
+                info!(resource, backoff = ?self.cfg.step_down_backoff, "stepping down");
+                self.schedule(
+                    until,
+                    CoreTimer::Backoff {
+                        resource: resource.to_string(),
+                    },
+                );
+                self.yield_lease(now, resource, false);
+            }
+            LeaseState::Lost { lease: id } if id == lease => self.yield_lease(now, resource, false),
+            _ => {}
+        }
+        self.after_input(now);
+    }
+
+    /// Leaves the fleet: every lease is lost, yielded when dropped (or after
+    /// `handoff_timeout`), then the node leaves the membership and reports [`Event::Left`].
+    pub fn leave(&mut self, now: Duration) {
+        if self.leaving || self.state == NodeState::Left {
+            return;
+        }
+        info!("leaving");
+        self.leaving = true;
+        self.state = NodeState::Leaving;
+        self.events.push_back(Event::StateChanged(NodeState::Leaving));
+        self.lose_all(now, super::LostReason::Leaving);
+        for claim in self.claims.values_mut() {
+            claim.withdrawn = true;
+        }
+        self.claims.retain(|_, c| c.held());
+        self.bump_record(now);
+        if self.claims.is_empty() {
+            self.finish_leave(now, false);
+        } else {
+            self.schedule(now + self.cfg.handoff_timeout, CoreTimer::LeaveDeadline);
+        }
+        self.after_input(now);
+    }
+
+    pub(super) fn finish_leave(&mut self, now: Duration, forced: bool) {
+        if self.state == NodeState::Left {
+            return;
+        }
+        let resources: Vec<String> = self.claims.keys().cloned().collect();
+        for resource in resources {
+            self.yield_lease(now, &resource, forced);
+        }
+        self.claims.clear();
+        self.bump_record(now);
+        // Tell the members directly that nothing is held here any more, then leave.
+        let own = self.own_record();
+        let members: Vec<SocketAddr> = self.view.members.keys().copied().collect();
+        for addr in members {
+            self.send_records(addr, std::slice::from_ref(&own));
+        }
+        if let Err(err) = self.foca.leave_cluster(&mut self.runtime) {
+            warn!(%err, "leaving the membership failed");
+        }
+        self.drain_runtime(now);
+        self.active = false;
+        self.state = NodeState::Left;
+        self.timers.clear();
+        info!("left");
+        self.events.push_back(Event::StateChanged(NodeState::Left));
+        self.events.push_back(Event::Left);
+    }
+
+    pub(super) fn handoff_expired(&mut self, now: Duration, resource: &str, lease: LeaseId) {
+        let expired = self
+            .claims
+            .get(resource)
+            .is_some_and(|c| c.lease == LeaseState::Lost { lease });
+        if expired {
+            warn!(resource, "lease not dropped within handoff_timeout: yielding anyway");
+            self.yield_lease(now, resource, true);
+        }
+    }
+
+    pub(super) fn backoff_expired(&mut self, now: Duration, resource: &str) {
+        if let Some(claim) = self.claims.get_mut(resource) {
+            if claim.backoff_until.is_some_and(|t| t <= now) {
+                claim.backoff_until = None;
+                self.bump_record(now);
+                self.dirty.insert(resource.to_string());
+            }
+        }
+    }
+
+    pub(super) fn lose_all(&mut self, now: Duration, reason: super::LostReason) {
+        let held: Vec<String> = self
+            .claims
+            .iter()
+            .filter(|(_, c)| matches!(c.lease, LeaseState::Held { .. }))
+            .map(|(r, _)| r.clone())
+            .collect();
+        for resource in held {
+            self.lose(now, &resource, reason);
+        }
+    }
+
+    fn lose(&mut self, now: Duration, resource: &str, reason: super::LostReason) {
+        let Some(claim) = self.claims.get_mut(resource) else {
+            return;
+        };
+        let LeaseState::Held { lease, since } = claim.lease else {
+            return;
+        };
+        claim.lease = LeaseState::Lost { lease };
+        self.stats.losses += 1;
+        info!(resource, %reason, held_for = ?now.saturating_sub(since), "lease lost");
+        self.events.push_back(Event::Lost {
+            resource: resource.to_string(),
+            lease,
+            reason,
+        });
+        self.schedule(
+            now + self.cfg.handoff_timeout,
+            CoreTimer::Handoff {
+                resource: resource.to_string(),
+                lease,
+            },
+        );
+    }
+
+    fn yield_lease(&mut self, now: Duration, resource: &str, forced: bool) {
+        let Some(claim) = self.claims.get_mut(resource) else {
+            return;
+        };
+        let lease = match claim.lease {
+            LeaseState::Idle => return,
+            LeaseState::Held { lease, .. } | LeaseState::Lost { lease } => lease,
+        };
+        claim.lease = LeaseState::Idle;
+        if claim.withdrawn && !self.leaving {
+            self.claims.remove(resource);
+        }
+        self.stats.yields += 1;
+        info!(resource, forced, "yielded");
+        self.events.push_back(Event::Yielded {
+            resource: resource.to_string(),
+            lease,
+            forced,
+        });
+        self.bump_record(now);
+        self.after_record_change();
+        // Send the new record straight to the nodes this unblocks.
+        let placement = self.view.placement(resource);
+        let own = self.own_record();
+        for addr in placement.desired {
+            if addr != self.cfg.addr {
+                self.send_records(addr, std::slice::from_ref(&own));
+            }
+        }
+        self.dirty.insert(resource.to_string());
+    }
+
+    /// Reindexes our own record right away, so decisions in this step see it.
+    fn after_record_change(&mut self) {
+        let own = self.cfg.addr;
+        self.store.borrow_mut().changed.remove(&own);
+        let touched = {
+            let store = self.store.borrow();
+            self.view.reindex(own, &store, Duration::ZERO)
+        };
+        self.dirty.extend(touched);
+    }
+
+    /// Applies the lease rules to `resource`.
+    pub(super) fn evaluate(&mut self, now: Duration, resource: &str) {
+        self.after_record_change();
+        let placement = self.view.placement(resource);
+        let own = self.cfg.addr;
+        let superseded = self.state == NodeState::Superseded;
+        let Some(claim) = self.claims.get_mut(resource) else {
+            return;
+        };
+
+        // Tickets agreement.
+        let mismatch = (claim.candidate() && placement.tickets != 0 && placement.tickets != claim.tickets)
+            .then_some(placement.tickets);
+        if mismatch != claim.mismatch {
+            claim.mismatch = mismatch;
+            let ours = claim.tickets;
+            self.events.push_back(match mismatch {
+                Some(effective) => {
+                    warn!(resource, ours, effective, "tickets disagree with the other candidates");
+                    Event::TicketsMismatch {
+                        resource: resource.to_string(),
+                        ours,
+                        effective,
+                    }
+                }
+                None => Event::TicketsAgreed {
+                    resource: resource.to_string(),
+                },
+            });
+        }
+
+        let desired = placement.desired.contains(&own);
+        match claim.lease {
+            LeaseState::Held { .. } => {
+                if !desired && !superseded {
+                    self.lose(now, resource, super::LostReason::Displaced);
+                    self.bump_record(now);
+                }
+            }
+            LeaseState::Lost { .. } => {}
+            LeaseState::Idle => {
+                if !(claim.candidate() && desired && self.ready && !self.leaving && !superseded) {
+                    claim.blocked_since.clear();
+                    return;
+                }
+                let blockers: Vec<SocketAddr> = placement
+                    .holders
+                    .iter()
+                    .filter(|h| **h != own && !placement.desired.contains(h))
+                    .chain(self.view.missing.keys())
+                    .copied()
+                    .collect();
+                claim.blocked_since.retain(|b, _| blockers.contains(b));
+                for b in &blockers {
+                    claim.blocked_since.entry(*b).or_insert(now);
+                }
+                let patience = self.cfg.handoff_timeout + self.cfg.timing.anti_entropy_interval;
+                let waiting = claim
+                    .blocked_since
+                    .values()
+                    .map(|since| *since + patience)
+                    .filter(|deadline| *deadline > now)
+                    .max();
+                if let Some(deadline) = waiting {
+                    // Look again when the last blocker's patience runs out.
+                    if claim.escape_at.is_some_and(|at| at >= deadline && at > now) {
+                        return;
+                    }
+                    claim.escape_at = Some(deadline);
+                    self.schedule(
+                        deadline,
+                        CoreTimer::Escape {
+                            resource: resource.to_string(),
+                        },
+                    );
+                    return;
+                }
+                if !blockers.is_empty() {
+                    warn!(resource, ?blockers, "blockers neither yielded nor went down: acquiring anyway");
+                    self.stats.escapes += 1;
+                }
+                self.acquire(now, resource);
+            }
+        }
+    }
+
+    fn acquire(&mut self, now: Duration, resource: &str) {
+        let lease = self.next_lease;
+        self.next_lease += 1;
+        let Some(claim) = self.claims.get_mut(resource) else {
+            return;
+        };
+        claim.lease = LeaseState::Held { lease, since: now };
+        claim.blocked_since.clear();
+        claim.escape_at = None;
+        self.stats.acquisitions += 1;
+        info!(resource, lease, "acquired");
+        self.events.push_back(Event::Acquired {
+            resource: resource.to_string(),
+            lease,
+        });
+        self.bump_record(now);
+        self.after_record_change();
+        // Candidates that could conflict hear it directly, not only by gossip.
+        let own = self.own_record();
+        let candidates = self.view.candidates(resource);
+        for addr in candidates.into_iter().take(64) {
+            if addr != self.cfg.addr {
+                self.send_records(addr, std::slice::from_ref(&own));
+            }
+        }
+    }
+}

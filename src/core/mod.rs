@@ -1,0 +1,991 @@
+//! The sans-IO core: foca, records, placement and the lease state machine.
+//!
+//! Inputs carry `now` (time since an arbitrary origin, from the caller's monotonic
+//! clock): [`Core::handle_datagram`], [`Core::handle_timeout`] and the commands
+//! ([`Core::obtain`], [`Core::withdraw`], [`Core::lease_dropped`], [`Core::leave`]).
+//! Outputs are polled: [`Core::poll_transmit`] for datagrams, [`Core::poll_timeout`] for
+//! the next deadline, [`Core::poll_event`] for what the application and operators see.
+//! The core never reads a clock, never uses OS randomness and spawns nothing, so the tokio
+//! driver and the simulator run the very same code.
+
+mod identity;
+mod lease;
+mod repair;
+mod timing;
+mod view;
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use foca::{AccumulatingRuntime, Codec, Foca, Member, Message as FocaMessage, OwnedNotification, PostcardCodec, Timer};
+use rand::SeedableRng;
+use rand::rngs::Xoshiro256PlusPlus;
+use tracing::{debug, info, warn};
+
+pub use identity::NodeId;
+pub use lease::{LeaseId, LostReason};
+pub use timing::{CoreConfig, Timing};
+pub use view::Placement;
+
+use crate::record::{Claim, Record};
+use crate::wire::{self, Datagram, DropReason, Message};
+use lease::OwnClaim;
+use view::{RecordHandler, Store, View};
+
+type FocaInstance = Foca<NodeId, PostcardCodec, Xoshiro256PlusPlus, RecordHandler>;
+
+/// What a node is doing, as it reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NodeState {
+    /// Started, not yet synced with the fleet.
+    Joining,
+    /// Synced with the fleet and competing.
+    Active,
+    /// Reached nobody within `sync_timeout` (or lost every member): runs on its own view.
+    Alone,
+    /// Leaving: leases are being handed over.
+    Leaving,
+    /// Left the fleet; the node does nothing more.
+    Left,
+    /// A newer process with the same name runs: this one holds nothing and competes no more.
+    Superseded,
+}
+
+impl NodeState {
+    /// The lowercase name used in logs and the debug endpoint.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Joining => "joining",
+            NodeState::Active => "active",
+            NodeState::Alone => "alone",
+            NodeState::Leaving => "leaving",
+            NodeState::Left => "left",
+            NodeState::Superseded => "superseded",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One node as the owners of a resource name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerInfo {
+    /// The node's name.
+    pub name: String,
+    /// The node's advertise address.
+    pub addr: SocketAddr,
+}
+
+/// Who holds a resource and who should, in one node's view.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owners {
+    /// The effective tickets (0 when nobody competes).
+    pub tickets: u16,
+    /// Nodes whose records say they hold it, in rank order.
+    pub holders: Vec<OwnerInfo>,
+    /// The top-`tickets` candidates, in rank order. Holders converge to these.
+    pub desired: Vec<OwnerInfo>,
+}
+
+/// Something the core reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The node's state changed.
+    StateChanged(NodeState),
+    /// This node acquired a ticket of `resource`.
+    Acquired {
+        /// The resource.
+        resource: String,
+        /// Identifies this tenure; quote it in [`Core::lease_dropped`].
+        lease: LeaseId,
+    },
+    /// This node must stop running `resource`; it yields when the lease is dropped.
+    Lost {
+        /// The resource.
+        resource: String,
+        /// The tenure that ended.
+        lease: LeaseId,
+        /// Why.
+        reason: LostReason,
+    },
+    /// This node no longer holds `resource`, and told the fleet.
+    Yielded {
+        /// The resource.
+        resource: String,
+        /// The tenure that ended.
+        lease: LeaseId,
+        /// True when `handoff_timeout` ran out before the application dropped the lease.
+        forced: bool,
+    },
+    /// This node advertises other tickets for `resource` than most candidates do, and is
+    /// not counted as a candidate until it agrees.
+    TicketsMismatch {
+        /// The resource.
+        resource: String,
+        /// What this node advertises.
+        ours: u16,
+        /// What most candidates advertise.
+        effective: u16,
+    },
+    /// This node's tickets for `resource` agree with the fleet again.
+    TicketsAgreed {
+        /// The resource.
+        resource: String,
+    },
+    /// The owners of a resource this node competes for or watches changed.
+    OwnersChanged {
+        /// The resource.
+        resource: String,
+        /// The new owners.
+        owners: Owners,
+    },
+    /// A member became live in this node's view.
+    MemberUp(NodeId),
+    /// A member was declared down (or left) in this node's view.
+    MemberDown(NodeId),
+    /// Another process with this node's name and a newer boot runs at `by`.
+    Superseded {
+        /// Where the newer process runs.
+        by: SocketAddr,
+    },
+    /// A process with the same name and an older boot runs at `old`; it will stand down.
+    SupersedesOther {
+        /// Where the older process runs.
+        old: SocketAddr,
+    },
+    /// The node left the fleet; nothing more will happen.
+    Left,
+}
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination address.
+    pub to: SocketAddr,
+    /// The whole datagram, envelope included.
+    pub data: Vec<u8>,
+}
+
+/// Why a command was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The resource name is empty or too long.
+    #[error("invalid resource name: {0}")]
+    InvalidResource(#[from] crate::record::RecordError),
+    /// Zero tickets.
+    #[error("tickets must be at least 1")]
+    ZeroTickets,
+    /// The node already competes for this resource.
+    #[error("this node already competes for {0:?}: keep the first Candidacy or withdraw it")]
+    AlreadyCompeting(String),
+    /// Adding the claim would push the record over its size cap.
+    #[error("claiming {resource:?} would make this node's record {size} bytes, over the cap of {cap}; compete for fewer or shorter resources")]
+    RecordFull {
+        /// The resource.
+        resource: String,
+        /// The size the record would have.
+        size: usize,
+        /// The cap.
+        cap: usize,
+    },
+    /// The node is leaving, has left, or was superseded.
+    #[error("the node is {0} and takes no new candidacies")]
+    NotRunning(NodeState),
+}
+
+/// Counters, for metrics and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams handed to the core.
+    pub datagrams_in: u64,
+    /// Bytes handed to the core.
+    pub bytes_in: u64,
+    /// Datagrams the core produced.
+    pub datagrams_out: u64,
+    /// Bytes the core produced.
+    pub bytes_out: u64,
+    /// Dropped incoming datagrams by reason.
+    pub dropped: BTreeMap<DropReason, u64>,
+    /// Record broadcasts that did not validate.
+    pub invalid_records: u64,
+    /// Outgoing foca `TurnUndead` messages suppressed because the target is live here.
+    pub suppressed_turn_undead: u64,
+    /// foca instances rebuilt after going idle.
+    pub rebuilds: u64,
+    /// Acquisitions.
+    pub acquisitions: u64,
+    /// Losses.
+    pub losses: u64,
+    /// Yields.
+    pub yields: u64,
+    /// Acquisitions that went ahead past an unresponsive blocker.
+    pub escapes: u64,
+}
+
+/// A timer of the core: foca's (tagged with the foca instance) or the election's own.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum CoreTimer {
+    Foca { instance: u32, timer: Timer<NodeId> },
+    Announce,
+    SyncTimeout,
+    Repair,
+    AntiEntropy,
+    Handoff { resource: String, lease: LeaseId },
+    Backoff { resource: String },
+    Escape { resource: String },
+    LeaveDeadline,
+}
+
+/// The sans-IO election node.
+pub struct Core {
+    cfg: CoreConfig,
+    id: NodeId,
+    foca: FocaInstance,
+    foca_instance: u32,
+    foca_cluster_size: usize,
+    runtime: AccumulatingRuntime<NodeId>,
+    store: Rc<RefCell<Store>>,
+    view: View,
+    rng: Xoshiro256PlusPlus,
+    timers: BinaryHeap<Reverse<(Duration, CoreTimer, u64)>>,
+    timer_seq: u64,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    claims: BTreeMap<String, OwnClaim>,
+    watched: BTreeSet<String>,
+    owners_seen: BTreeMap<String, Owners>,
+    dirty: BTreeSet<String>,
+    state: NodeState,
+    active: bool,
+    ever_active: bool,
+    ready: bool,
+    leaving: bool,
+    next_lease: u64,
+    started: Duration,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("id", &self.id)
+            .field("name", &self.cfg.name)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// Starts a node at `now`: announces to the seeds and schedules its timers.
+    pub fn new(mut cfg: CoreConfig, now: Duration) -> Result<Core, crate::record::RecordError> {
+        let own_record = Record {
+            addr: cfg.addr,
+            name: cfg.name.clone(),
+            boot: cfg.boot,
+            version: 0,
+            ready: false,
+            claims: Vec::new(),
+        };
+        own_record.validate()?;
+        cfg.seeds.retain(|s| *s != cfg.addr);
+        cfg.seeds.sort();
+        cfg.seeds.dedup();
+        let id = NodeId {
+            addr: cfg.addr,
+            boot: cfg.boot,
+            bump: 0,
+        };
+        let store = Rc::new(RefCell::new(Store::default()));
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.rng_seed);
+        let foca = Self::build_foca(id, &cfg, &store, &mut rng, 1);
+        let mut core = Core {
+            id,
+            foca,
+            foca_instance: 0,
+            foca_cluster_size: 1,
+            runtime: AccumulatingRuntime::new(),
+            view: View::new(cfg.addr),
+            store,
+            rng,
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            claims: BTreeMap::new(),
+            watched: BTreeSet::new(),
+            owners_seen: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            state: NodeState::Joining,
+            active: false,
+            ever_active: false,
+            ready: false,
+            leaving: false,
+            next_lease: 1,
+            started: now,
+            stats: Stats::default(),
+            cfg,
+        };
+        core.publish_record(now);
+        core.seed_placeholders(now);
+        core.announce(now);
+        core.schedule(now + core.cfg.timing.announce_interval, CoreTimer::Announce);
+        core.schedule(now + core.cfg.sync_timeout, CoreTimer::SyncTimeout);
+        core.schedule(now + core.cfg.timing.repair_interval, CoreTimer::Repair);
+        core.schedule(now + core.cfg.timing.anti_entropy_interval, CoreTimer::AntiEntropy);
+        core.after_input(now);
+        Ok(core)
+    }
+
+    fn build_foca(
+        id: NodeId,
+        cfg: &CoreConfig,
+        store: &Rc<RefCell<Store>>,
+        rng: &mut Xoshiro256PlusPlus,
+        cluster_size: usize,
+    ) -> FocaInstance {
+        let foca_rng = Xoshiro256PlusPlus::seed_from_u64(rand::RngExt::random(rng));
+        Foca::with_custom_broadcast(
+            id,
+            cfg.timing.foca_config(cluster_size),
+            foca_rng,
+            PostcardCodec,
+            RecordHandler(Rc::clone(store)),
+        )
+    }
+
+    // ---------------------------------------------------------------- accessors
+
+    /// This node's current foca identity.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// The configuration the core runs with.
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// What the node is doing.
+    pub fn state(&self) -> NodeState {
+        self.state
+    }
+
+    /// True once the node is synced (its record says `ready`).
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Time since the core started.
+    pub fn uptime(&self, now: Duration) -> Duration {
+        now.saturating_sub(self.started)
+    }
+
+    /// Live members (alive or suspect), excluding this node.
+    pub fn members(&self) -> impl Iterator<Item = &NodeId> {
+        self.view.members.values()
+    }
+
+    /// foca's membership, including members held as down, with their states.
+    pub fn membership(&self) -> impl Iterator<Item = &Member<NodeId>> {
+        self.foca.iter_membership_state()
+    }
+
+    /// The current record of a live member (or this node's own).
+    pub fn record(&self, addr: &SocketAddr) -> Option<Record> {
+        let store = self.store.borrow();
+        store
+            .records
+            .get(addr)
+            .filter(|r| self.view.is_valid(r))
+            .cloned()
+    }
+
+    /// This node's own record.
+    pub fn own_record(&self) -> Record {
+        self.store.borrow().records[&self.cfg.addr].clone()
+    }
+
+    /// Live members whose current record this node lacks.
+    pub fn missing_records(&self) -> usize {
+        self.view.missing.len()
+    }
+
+    /// The owners of `resource` in this node's view.
+    pub fn owners(&self, resource: &str) -> Owners {
+        let placement = self.view.placement(resource);
+        let info = |addr: &SocketAddr| OwnerInfo {
+            name: self.view.name_of(addr).unwrap_or_default().to_string(),
+            addr: *addr,
+        };
+        let ranked = self.view.candidates(resource);
+        let mut holders: Vec<SocketAddr> = placement.holders.iter().copied().collect();
+        let rank_of = |a: &SocketAddr| {
+            let name = self.view.name_of(a).unwrap_or_default();
+            (Reverse(crate::placement::score(resource, name)), name.to_string())
+        };
+        holders.sort_by_key(rank_of);
+        let _ = ranked;
+        Owners {
+            tickets: placement.tickets,
+            holders: holders.iter().map(info).collect(),
+            desired: placement.desired.iter().map(info).collect(),
+        }
+    }
+
+    /// Candidates of `resource` in rank order.
+    pub fn candidates(&self, resource: &str) -> Vec<OwnerInfo> {
+        self.view
+            .candidates(resource)
+            .iter()
+            .map(|addr| OwnerInfo {
+                name: self.view.name_of(addr).unwrap_or_default().to_string(),
+                addr: *addr,
+            })
+            .collect()
+    }
+
+    /// Every resource some live record claims.
+    pub fn resources(&self) -> Vec<String> {
+        self.view.resources().map(str::to_string).collect()
+    }
+
+    /// Reports [`Event::OwnersChanged`] for `resource` from now on (even if this node does
+    /// not compete for it).
+    pub fn watch(&mut self, resource: &str) {
+        if self.watched.insert(resource.to_string()) {
+            self.dirty.insert(resource.to_string());
+        }
+    }
+
+    // ---------------------------------------------------------------- outputs
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Core::handle_timeout`] must be called next (None after leaving).
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        if self.state == NodeState::Left {
+            return None;
+        }
+        self.timers.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    /// Handles one datagram from `from`.
+    pub fn handle_datagram(&mut self, now: Duration, from: SocketAddr, data: &[u8]) {
+        if self.state == NodeState::Left {
+            return;
+        }
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += data.len() as u64;
+        match wire::decode(data) {
+            Err(reason) => self.drop_datagram(from, reason),
+            Ok(Datagram::Foca(packet)) => {
+                if self.leaving && !self.active {
+                    return;
+                }
+                if let Err(err) = self.foca.handle_data(packet, &mut self.runtime) {
+                    debug!(%from, %err, "foca refused a packet");
+                    let reason = match err {
+                        foca::Error::DataTooBig => DropReason::Size,
+                        foca::Error::MalformedPacket | foca::Error::Decode(_) => {
+                            DropReason::Decode
+                        }
+                        _ => DropReason::Invalid,
+                    };
+                    if !matches!(err, foca::Error::DataFromOurselves) {
+                        *self.stats.dropped.entry(reason).or_default() += 1;
+                    }
+                }
+                self.drain_runtime(now);
+            }
+            Ok(Datagram::Election(message)) => self.handle_message(now, from, message),
+        }
+        self.after_input(now);
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        while let Some(Reverse((at, _, _))) = self.timers.peek() {
+            if *at > now || self.state == NodeState::Left {
+                break;
+            }
+            let Reverse((_, timer, _)) = self.timers.pop().expect("peeked");
+            self.fire(now, timer);
+        }
+        self.after_input(now);
+    }
+
+    fn fire(&mut self, now: Duration, timer: CoreTimer) {
+        match timer {
+            CoreTimer::Foca { instance, timer } => {
+                if instance == self.foca_instance && !(self.leaving && !self.active) {
+                    if let Err(err) = self.foca.handle_timer(timer, &mut self.runtime) {
+                        debug!(%err, "foca timer failed");
+                    }
+                    self.drain_runtime(now);
+                }
+            }
+            CoreTimer::Announce => {
+                if !self.active && !self.leaving {
+                    self.announce(now);
+                }
+                self.schedule(now + self.cfg.timing.announce_interval, CoreTimer::Announce);
+            }
+            CoreTimer::SyncTimeout => {
+                if !self.ever_active && !self.ready {
+                    info!(after = ?self.cfg.sync_timeout, "reached nobody: running alone");
+                    self.set_ready(now);
+                }
+            }
+            CoreTimer::Repair => {
+                self.pull_missing(now);
+                self.schedule(now + self.cfg.timing.repair_interval, CoreTimer::Repair);
+            }
+            CoreTimer::AntiEntropy => {
+                self.send_digest(now);
+                self.schedule(
+                    now + self.cfg.timing.anti_entropy_interval,
+                    CoreTimer::AntiEntropy,
+                );
+            }
+            CoreTimer::Handoff { resource, lease } => self.handoff_expired(now, &resource, lease),
+            CoreTimer::Backoff { resource } => self.backoff_expired(now, &resource),
+            CoreTimer::Escape { resource } => {
+                self.dirty.insert(resource);
+            }
+            CoreTimer::LeaveDeadline => self.finish_leave(now, true),
+        }
+    }
+
+    fn handle_message(&mut self, now: Duration, from: SocketAddr, message: Message) {
+        match message {
+            Message::Records(records) => {
+                let mut store = self.store.borrow_mut();
+                for record in records {
+                    if record.addr == self.cfg.addr {
+                        continue;
+                    }
+                    let before = store.invalid;
+                    store.offer(record);
+                    if store.invalid > before {
+                        *self.stats.dropped.entry(DropReason::Invalid).or_default() += 1;
+                    }
+                }
+            }
+            Message::RecordRequest(addrs) => self.answer_request(from, &addrs),
+            Message::Digest(buckets) => self.answer_digest(now, from, &buckets),
+            Message::Versions { buckets, entries } => {
+                self.answer_versions(now, from, buckets, &entries)
+            }
+        }
+    }
+
+    fn drop_datagram(&mut self, from: SocketAddr, reason: DropReason) {
+        debug!(%from, reason = reason.as_str(), "dropped a datagram");
+        *self.stats.dropped.entry(reason).or_default() += 1;
+    }
+
+    // ---------------------------------------------------------------- foca glue
+
+    fn schedule(&mut self, at: Duration, timer: CoreTimer) {
+        self.timer_seq += 1;
+        self.timers.push(Reverse((at, timer, self.timer_seq)));
+    }
+
+    fn send(&mut self, to: SocketAddr, data: Vec<u8>) {
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += data.len() as u64;
+        self.transmits.push_back(Transmit { to, data });
+    }
+
+    fn send_message(&mut self, to: SocketAddr, message: &Message) {
+        self.send(to, wire::encode(message));
+    }
+
+    fn send_records(&mut self, to: SocketAddr, records: &[Record]) {
+        for datagram in wire::encode_records(records) {
+            self.send(to, datagram);
+        }
+    }
+
+    fn seed_placeholders(&mut self, now: Duration) {
+        // Seeds as down placeholders (boot 0 loses to any real identity): foca's announce
+        // to down members then keeps trying them, which merges islands.
+        let placeholders: Vec<Member<NodeId>> = self
+            .cfg
+            .seeds
+            .iter()
+            .map(|addr| {
+                Member::down(NodeId {
+                    addr: *addr,
+                    boot: 0,
+                    bump: 0,
+                })
+            })
+            .collect();
+        if let Err(err) = self
+            .foca
+            .apply_many(placeholders.into_iter(), false, &mut self.runtime)
+        {
+            debug!(%err, "seed placeholders refused");
+        }
+        self.drain_runtime(now);
+    }
+
+    fn announce(&mut self, now: Duration) {
+        let seeds = self.cfg.seeds.clone();
+        for seed in seeds {
+            let placeholder = NodeId {
+                addr: seed,
+                boot: 0,
+                bump: 0,
+            };
+            if let Err(err) = self.foca.announce(placeholder, &mut self.runtime) {
+                debug!(%err, "announce failed");
+            }
+        }
+        self.drain_runtime(now);
+    }
+
+    fn drain_runtime(&mut self, now: Duration) {
+        loop {
+            let mut progressed = false;
+            while let Some((to, data)) = self.runtime.to_send() {
+                progressed = true;
+                if self.is_turn_undead_to_live(&to, &data) {
+                    self.stats.suppressed_turn_undead += 1;
+                    continue;
+                }
+                self.send(to.addr, wire::encode_foca(&data));
+            }
+            while let Some((after, timer)) = self.runtime.to_schedule() {
+                progressed = true;
+                let instance = self.foca_instance;
+                self.schedule(now + after, CoreTimer::Foca { instance, timer });
+            }
+            while let Some(notification) = self.runtime.to_notify() {
+                progressed = true;
+                self.handle_notification(now, notification);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// foca sends `TurnUndead` when a suspicion expires even if the suspect refuted it;
+    /// a live node then renews its identity for nothing. Suppress it for live members.
+    fn is_turn_undead_to_live(&self, to: &NodeId, data: &[u8]) -> bool {
+        if !self.view.members.get(&to.addr).is_some_and(|id| id == to) {
+            return false;
+        }
+        let mut codec = PostcardCodec;
+        matches!(
+            Codec::<NodeId>::decode_header(&mut codec, data),
+            Ok(header) if matches!(header.message, FocaMessage::TurnUndead)
+        )
+    }
+
+    fn handle_notification(&mut self, now: Duration, notification: OwnedNotification<NodeId>) {
+        match notification {
+            OwnedNotification::MemberUp(id) => {
+                debug!(member = %id.addr, boot = id.boot, "member up");
+                self.member_up(now, id);
+            }
+            OwnedNotification::MemberDown(id) => {
+                debug!(member = %id.addr, boot = id.boot, "member down");
+                if self.view.members.get(&id.addr) == Some(&id) {
+                    self.view.members.remove(&id.addr);
+                    self.store.borrow_mut().records.remove(&id.addr);
+                    self.reindex(now, id.addr);
+                    self.events.push_back(Event::MemberDown(id));
+                    self.membership_changed();
+                }
+            }
+            OwnedNotification::Rename(old, new) => {
+                debug!(member = %new.addr, old_boot = old.boot, new_boot = new.boot, "member renamed");
+                let was_live = self.view.members.contains_key(&old.addr);
+                if was_live {
+                    if old.boot != new.boot {
+                        let mut store = self.store.borrow_mut();
+                        if store.records.get(&old.addr).is_some_and(|r| r.boot < new.boot) {
+                            store.records.remove(&old.addr);
+                        }
+                    }
+                    self.view.members.insert(new.addr, new);
+                    self.reindex(now, new.addr);
+                    if old.boot != new.boot {
+                        self.events.push_back(Event::MemberDown(old));
+                        self.events.push_back(Event::MemberUp(new));
+                    }
+                    self.push_own_record(new.addr);
+                    self.membership_changed();
+                }
+            }
+            OwnedNotification::Active => {
+                debug!("connected to the fleet");
+                self.active = true;
+                self.ever_active = true;
+            }
+            OwnedNotification::Idle => {
+                if !self.leaving {
+                    warn!("lost every member: rebuilding the membership instance");
+                    self.rebuild_foca(now);
+                }
+            }
+            OwnedNotification::Defunct => {
+                self.active = false;
+            }
+            OwnedNotification::Rejoin(id) => {
+                info!(bump = id.bump, "declared down while running: rejoined");
+                self.id = id;
+                self.bump_record(now);
+            }
+        }
+    }
+
+    fn member_up(&mut self, now: Duration, id: NodeId) {
+        self.view.members.insert(id.addr, id);
+        {
+            let mut store = self.store.borrow_mut();
+            if store.records.get(&id.addr).is_some_and(|r| r.boot < id.boot) {
+                store.records.remove(&id.addr);
+            }
+        }
+        self.reindex(now, id.addr);
+        self.events.push_back(Event::MemberUp(id));
+        self.push_own_record(id.addr);
+        self.membership_changed();
+    }
+
+    fn push_own_record(&mut self, to: SocketAddr) {
+        let own = self.own_record();
+        self.send_records(to, &[own]);
+    }
+
+    fn membership_changed(&mut self) {
+        // Anything blocked on an unknown member may change; grow foca's retransmissions
+        // with the cluster.
+        self.dirty.extend(self.claims.keys().cloned());
+        let size = self.view.members.len() + 1;
+        let wanted = timing::max_transmissions(size);
+        if wanted != timing::max_transmissions(self.foca_cluster_size) {
+            self.foca_cluster_size = size;
+            if let Err(err) = self.foca.set_config(self.cfg.timing.foca_config(size)) {
+                debug!(%err, "foca refused the new config");
+            }
+        }
+    }
+
+    fn rebuild_foca(&mut self, now: Duration) {
+        self.stats.rebuilds += 1;
+        let renewed = NodeId {
+            bump: self.id.bump.wrapping_add(1),
+            ..self.id
+        };
+        self.id = renewed;
+        self.foca_instance = self.foca_instance.wrapping_add(1);
+        self.foca = Self::build_foca(
+            renewed,
+            &self.cfg,
+            &self.store,
+            &mut self.rng,
+            self.foca_cluster_size,
+        );
+        self.runtime = AccumulatingRuntime::new();
+        self.active = false;
+        let gone: Vec<NodeId> = self.view.members.values().copied().collect();
+        for id in gone {
+            self.view.members.remove(&id.addr);
+            self.store.borrow_mut().records.remove(&id.addr);
+            self.reindex(now, id.addr);
+            self.events.push_back(Event::MemberDown(id));
+        }
+        self.membership_changed();
+        self.seed_placeholders(now);
+        self.bump_record(now);
+        self.announce(now);
+    }
+
+    fn reindex(&mut self, now: Duration, addr: SocketAddr) {
+        let touched = {
+            let store = self.store.borrow();
+            self.view.reindex(addr, &store, now)
+        };
+        self.dirty.extend(touched);
+    }
+
+    // ---------------------------------------------------------------- own record
+
+    fn set_ready(&mut self, now: Duration) {
+        if !self.ready {
+            self.ready = true;
+            info!(members = self.view.members.len(), "synced: ready to take over");
+            self.bump_record(now);
+            self.dirty.extend(self.claims.keys().cloned());
+        }
+    }
+
+    /// Rebuilds the own record from the claims, bumps its version and spreads it.
+    pub(crate) fn bump_record(&mut self, now: Duration) {
+        let version = self
+            .store
+            .borrow()
+            .records
+            .get(&self.cfg.addr)
+            .map_or(0, |r| r.version + 1);
+        let record = self.build_record(version);
+        self.install_record(now, record);
+    }
+
+    fn build_record(&self, version: u64) -> Record {
+        Record {
+            addr: self.cfg.addr,
+            name: self.cfg.name.clone(),
+            boot: self.cfg.boot,
+            version,
+            ready: self.ready,
+            claims: self
+                .claims
+                .iter()
+                .filter(|(_, c)| c.candidate() || c.held())
+                .map(|(resource, c)| Claim {
+                    resource: resource.clone(),
+                    tickets: c.tickets,
+                    candidate: c.candidate() && self.state != NodeState::Superseded,
+                    held: c.held(),
+                })
+                .collect(),
+        }
+    }
+
+    fn publish_record(&mut self, now: Duration) {
+        let record = self.build_record(0);
+        self.install_record(now, record);
+    }
+
+    fn install_record(&mut self, now: Duration, record: Record) {
+        let encoded = record.encode();
+        // The handler stores it and queues it for gossip.
+        match self.foca.add_broadcast(&encoded) {
+            Ok(_) => {}
+            Err(err) => warn!(%err, "own record not queued for gossip"),
+        }
+        self.store.borrow_mut().offer(record);
+        if let Err(err) = self.foca.broadcast(&mut self.runtime) {
+            debug!(%err, "broadcast failed");
+        }
+        self.drain_runtime(now);
+    }
+
+    // ---------------------------------------------------------------- after each input
+
+    fn after_input(&mut self, now: Duration) {
+        // Records that arrived by any path.
+        let changed = std::mem::take(&mut self.store.borrow_mut().changed);
+        self.stats.invalid_records = self.store.borrow().invalid;
+        for addr in changed {
+            self.reindex(now, addr);
+        }
+        if !self.ready && self.active && self.view.missing.is_empty() {
+            self.set_ready(now);
+        }
+        self.check_superseded(now);
+        self.update_state();
+        // Lease rules, then the owner reports, until nothing changes.
+        for _ in 0..4 {
+            if self.dirty.is_empty() {
+                break;
+            }
+            let dirty = std::mem::take(&mut self.dirty);
+            for resource in &dirty {
+                if self.claims.contains_key(resource) {
+                    self.evaluate(now, resource);
+                }
+            }
+            for resource in dirty {
+                if self.claims.contains_key(&resource) || self.watched.contains(&resource) {
+                    self.report_owners(resource);
+                }
+            }
+            let changed = std::mem::take(&mut self.store.borrow_mut().changed);
+            for addr in changed {
+                self.reindex(now, addr);
+            }
+        }
+    }
+
+    fn report_owners(&mut self, resource: String) {
+        let owners = self.owners(&resource);
+        if self.owners_seen.get(&resource) != Some(&owners) {
+            self.owners_seen.insert(resource.clone(), owners.clone());
+            self.events.push_back(Event::OwnersChanged { resource, owners });
+        }
+    }
+
+    fn check_superseded(&mut self, now: Duration) {
+        if self.state == NodeState::Superseded {
+            return;
+        }
+        if let Some(by) = self.view.superseded(&self.cfg.addr) {
+            warn!(%by, "a newer process with this name runs: standing down");
+            self.state = NodeState::Superseded;
+            self.events.push_back(Event::StateChanged(NodeState::Superseded));
+            self.events.push_back(Event::Superseded { by });
+            self.lose_all(now, LostReason::Superseded);
+            self.bump_record(now);
+        }
+    }
+
+    fn update_state(&mut self) {
+        if matches!(
+            self.state,
+            NodeState::Superseded | NodeState::Left | NodeState::Leaving
+        ) {
+            return;
+        }
+        let state = if self.leaving {
+            NodeState::Leaving
+        } else if !self.ready {
+            NodeState::Joining
+        } else if self.active {
+            NodeState::Active
+        } else {
+            NodeState::Alone
+        };
+        if state != self.state {
+            info!(from = %self.state, to = %state, "state changed");
+            self.state = state;
+            self.events.push_back(Event::StateChanged(state));
+        }
+    }
+}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,163 @@
+//! Record repair: foca's broadcasts are best effort and late joiners never see old ones,
+//! so the core also moves records with its own datagrams.
+//!
+//! - **Push**: a member seen coming up (`MemberUp` or `Rename`) gets this node's record
+//!   directly (see `Core::member_up`).
+//! - **Pull**: a live member whose record this node lacks is asked for it directly, at
+//!   most [`PULL_BATCH`] members per repair period, so a newcomer does not make every
+//!   member answer at once.
+//! - **Anti-entropy**: once per period, a digest of the live records (hashed into
+//!   buckets) goes to one random member; where buckets differ, the two exchange
+//!   `(addr, boot, version)` lists and then the newer records.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand::RngExt;
+
+use super::Core;
+use super::view::{BUCKETS, bucket_of};
+use crate::record::Record;
+use crate::wire::{MAX_DATAGRAM, Message};
+
+/// Most members asked for their record per repair period.
+pub(crate) const PULL_BATCH: usize = 16;
+
+/// Most `(addr, boot, version)` entries in one `Versions` answer (fits a datagram).
+const MAX_VERSION_ENTRIES: usize = (MAX_DATAGRAM - 64) / 30;
+
+impl Core {
+    pub(super) fn pull_missing(&mut self, now: Duration) {
+        let retry = self.cfg.timing.anti_entropy_interval / 2;
+        let first_wait = self.cfg.timing.repair_interval;
+        let due: Vec<SocketAddr> = self
+            .view
+            .missing
+            .iter()
+            .filter(|(_, m)| match m.asked {
+                None => now >= m.since + first_wait,
+                Some(at) => now >= at + retry,
+            })
+            .map(|(a, _)| *a)
+            .take(PULL_BATCH)
+            .collect();
+        for addr in due {
+            if let Some(m) = self.view.missing.get_mut(&addr) {
+                m.asked = Some(now);
+            }
+            self.send_message(addr, &Message::RecordRequest(Vec::new()));
+        }
+    }
+
+    pub(super) fn answer_request(&mut self, from: SocketAddr, addrs: &[SocketAddr]) {
+        let records: Vec<Record> = if addrs.is_empty() {
+            vec![self.own_record()]
+        } else {
+            addrs.iter().filter_map(|a| self.record(a)).collect()
+        };
+        if !records.is_empty() {
+            self.send_records(from, &records);
+        }
+    }
+
+    pub(super) fn send_digest(&mut self, _now: Duration) {
+        if self.view.members.is_empty() || self.leaving {
+            return;
+        }
+        let pick = self.rng.random_range(0..self.view.members.len());
+        let to = *self.view.members.keys().nth(pick).expect("in range");
+        let digest = self.view.digest().to_vec();
+        self.send_message(to, &Message::Digest(digest));
+    }
+
+    pub(super) fn answer_digest(&mut self, _now: Duration, from: SocketAddr, theirs: &[u64]) {
+        if theirs.len() != BUCKETS || !self.view.members.contains_key(&from) {
+            return;
+        }
+        let ours = self.view.digest();
+        let differing: Vec<usize> = (0..BUCKETS).filter(|&i| ours[i] != theirs[i]).collect();
+        if differing.is_empty() {
+            return;
+        }
+        // Start at a random differing bucket so large views still make progress everywhere.
+        let start = self.rng.random_range(0..differing.len());
+        let mut mask = 0u32;
+        let mut entries = Vec::new();
+        for k in 0..differing.len() {
+            let bucket = differing[(start + k) % differing.len()];
+            let more = {
+                let store = self.store.borrow();
+                self.view.entries_in(1 << bucket, &store)
+            };
+            if !entries.is_empty() && entries.len() + more.len() > MAX_VERSION_ENTRIES {
+                break;
+            }
+            mask |= 1 << bucket;
+            entries.extend(more);
+            if entries.len() >= MAX_VERSION_ENTRIES {
+                entries.truncate(MAX_VERSION_ENTRIES);
+                break;
+            }
+        }
+        self.send_message(
+            from,
+            &Message::Versions {
+                buckets: mask,
+                entries,
+            },
+        );
+    }
+
+    pub(super) fn answer_versions(
+        &mut self,
+        _now: Duration,
+        from: SocketAddr,
+        buckets: u32,
+        entries: &[(SocketAddr, u64, u64)],
+    ) {
+        if !self.view.members.contains_key(&from) {
+            return;
+        }
+        let mut push: Vec<Record> = Vec::new();
+        let mut request: Vec<SocketAddr> = Vec::new();
+        for &(addr, boot, version) in entries {
+            if addr == self.cfg.addr {
+                if (boot, version) < {
+                    let own = self.own_record();
+                    (own.boot, own.version)
+                } {
+                    push.push(self.own_record());
+                }
+                continue;
+            }
+            match self.record(&addr) {
+                Some(mine) if (mine.boot, mine.version) > (boot, version) => push.push(mine),
+                Some(mine) if (mine.boot, mine.version) == (boot, version) => {}
+                _ if self.view.is_live(&addr) => request.push(addr),
+                _ => {}
+            }
+        }
+        // Our live records in the listed buckets that the peer did not list.
+        let listed: std::collections::BTreeSet<SocketAddr> =
+            entries.iter().map(|e| e.0).collect();
+        let ours = {
+            let store = self.store.borrow();
+            self.view.entries_in(buckets, &store)
+        };
+        for (addr, _, _) in ours {
+            if !listed.contains(&addr) && bucket_of(&addr) < BUCKETS {
+                if let Some(record) = self.record(&addr) {
+                    push.push(record);
+                }
+            }
+        }
+        if !push.is_empty() {
+            self.send_records(from, &push);
+        }
+        if !request.is_empty() {
+            for chunk in request.chunks(32) {
+                self.send_message(from, &Message::RecordRequest(chunk.to_vec()));
+            }
+        }
+    }
+}

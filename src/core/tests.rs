@@ -1,0 +1,209 @@
+//! Whole-fleet tests of the core in virtual time, over a lossless in-memory network.
+
+use std::collections::{BTreeMap, BinaryHeap};
+use std::cmp::Reverse;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::*;
+
+struct Fleet {
+    now: Duration,
+    nodes: BTreeMap<SocketAddr, Core>,
+    inflight: BinaryHeap<Reverse<(Duration, u64, SocketAddr, SocketAddr, Vec<u8>)>>,
+    seq: u64,
+    events: Vec<(Duration, SocketAddr, Event)>,
+    latency: Duration,
+    auto_drop: bool,
+}
+
+fn addr(i: usize) -> SocketAddr {
+    format!("127.0.0.1:{}", 7000 + i).parse().unwrap()
+}
+
+impl Fleet {
+    fn new() -> Self {
+        Fleet {
+            now: Duration::from_secs(1),
+            nodes: BTreeMap::new(),
+            inflight: BinaryHeap::new(),
+            seq: 0,
+            events: Vec::new(),
+            latency: Duration::from_millis(1),
+            auto_drop: true,
+        }
+    }
+
+    fn start(&mut self, i: usize, boot: u64, seeds: &[usize]) {
+        let mut cfg = CoreConfig::new(format!("w{i}"), addr(i), boot);
+        cfg.seeds = seeds.iter().map(|s| addr(*s)).collect();
+        cfg.rng_seed = (i as u64) << 8 | boot;
+        let core = Core::new(cfg, self.now).unwrap();
+        self.nodes.insert(addr(i), core);
+        self.flush(addr(i));
+    }
+
+    fn crash(&mut self, i: usize) {
+        self.nodes.remove(&addr(i));
+    }
+
+    fn node(&mut self, i: usize) -> &mut Core {
+        self.nodes.get_mut(&addr(i)).unwrap()
+    }
+
+    fn flush(&mut self, a: SocketAddr) {
+        let Some(core) = self.nodes.get_mut(&a) else { return };
+        while let Some(t) = core.poll_transmit() {
+            self.seq += 1;
+            self.inflight
+                .push(Reverse((self.now + self.latency, self.seq, a, t.to, t.data)));
+        }
+        let mut lost = Vec::new();
+        while let Some(e) = core.poll_event() {
+            if let Event::Lost { resource, lease, .. } = &e {
+                lost.push((resource.clone(), *lease));
+            }
+            self.events.push((self.now, a, e));
+        }
+        // A well-behaved application: stop at once when told.
+        for (resource, lease) in lost {
+            if self.auto_drop {
+                let now = self.now;
+                self.nodes.get_mut(&a).unwrap().lease_dropped(now, &resource, lease);
+                self.flush(a);
+            }
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let next_timer = self
+                .nodes
+                .iter()
+                .filter_map(|(a, c)| c.poll_timeout().map(|t| (t, *a)))
+                .min();
+            let next_packet = self.inflight.peek().map(|Reverse(p)| p.0);
+            let t = match (next_timer, next_packet) {
+                (Some((t, _)), Some(p)) => t.min(p),
+                (Some((t, _)), None) => t,
+                (None, Some(p)) => p,
+                (None, None) => break,
+            };
+            if t > end {
+                break;
+            }
+            self.now = t;
+            if next_packet == Some(t) {
+                let Reverse((_, _, from, to, data)) = self.inflight.pop().unwrap();
+                if let Some(core) = self.nodes.get_mut(&to) {
+                    core.handle_datagram(t, from, &data);
+                    self.flush(to);
+                }
+            } else if let Some((_, a)) = next_timer {
+                self.nodes.get_mut(&a).unwrap().handle_timeout(t);
+                self.flush(a);
+            }
+        }
+        self.now = end;
+    }
+
+    fn holders(&self, resource: &str) -> Vec<String> {
+        self.nodes
+            .values()
+            .filter(|c| c.own_record().claim(resource).is_some_and(|c| c.held))
+            .map(|c| c.name().to_string())
+            .collect()
+    }
+
+    fn lease_of(&self, i: usize, resource: &str) -> Option<LeaseId> {
+        self.events
+            .iter()
+            .rev()
+            .filter(|(_, a, _)| *a == addr(i))
+            .find_map(|(_, _, e)| match e {
+                Event::Acquired { resource: r, lease } if r == resource => Some(*lease),
+                _ => None,
+            })
+    }
+}
+
+fn fleet(n: usize) -> Fleet {
+    let mut f = Fleet::new();
+    let all: Vec<usize> = (0..n).collect();
+    for i in 0..n {
+        f.start(i, 1000 + i as u64, &all);
+    }
+    f
+}
+
+#[test]
+fn fleet_agrees_on_exactly_tickets_holders() {
+    for tickets in [1u16, 2] {
+        let mut f = fleet(5);
+        f.run_for(Duration::from_secs(2));
+        for i in 0..5 {
+            let now = f.now;
+            f.node(i).obtain(now, "echo", tickets).unwrap();
+            f.flush(addr(i));
+        }
+        f.run_for(Duration::from_secs(3));
+        let holders = f.holders("echo");
+        assert_eq!(holders.len(), tickets as usize, "holders {holders:?}");
+        let owners: Vec<_> = f.nodes.values().map(|c| c.owners("echo")).collect();
+        assert!(owners.windows(2).all(|w| w[0] == w[1]), "{owners:#?}");
+        let mut desired: Vec<String> = owners[0].desired.iter().map(|o| o.name.clone()).collect();
+        desired.sort();
+        let mut holders = holders;
+        holders.sort();
+        assert_eq!(holders, desired);
+    }
+}
+
+#[test]
+fn crash_of_holder_moves_ticket_to_next_ranked() {
+    let mut f = fleet(5);
+    f.run_for(Duration::from_secs(2));
+    for i in 0..5 {
+        let now = f.now;
+        f.node(i).obtain(now, "echo", 1).unwrap();
+        f.flush(addr(i));
+    }
+    f.run_for(Duration::from_secs(3));
+    let before = f.holders("echo");
+    assert_eq!(before, ["w0"]);
+    f.crash(0);
+    f.run_for(Duration::from_secs(5));
+    assert_eq!(f.holders("echo"), ["w2"]);
+}
+
+#[test]
+fn higher_ranked_join_hands_over_without_two_holders() {
+    let mut f = Fleet::new();
+    let all: Vec<usize> = (0..5).collect();
+    for i in 1..5 {
+        f.start(i, 1000 + i as u64, &all);
+    }
+    f.run_for(Duration::from_secs(2));
+    for i in 1..5 {
+        let now = f.now;
+        f.node(i).obtain(now, "echo", 1).unwrap();
+        f.flush(addr(i));
+    }
+    f.run_for(Duration::from_secs(2));
+    assert_eq!(f.holders("echo"), ["w2"]);
+    f.start(0, 2000, &all);
+    let now = f.now;
+    f.node(0).obtain(now, "echo", 1).unwrap();
+    f.flush(addr(0));
+    // w2 is told first and drops at once; never two holders.
+    for _ in 0..300 {
+        f.run_for(Duration::from_millis(10));
+        assert!(f.holders("echo").len() <= 1, "two holders: {:?}", f.holders("echo"));
+    }
+    let lost = f.events.iter().position(|(_, a, e)| *a == addr(2) && matches!(e, Event::Lost { .. }));
+    let acquired = f.events.iter().position(|(_, a, e)| *a == addr(0) && matches!(e, Event::Acquired { .. }));
+    assert!(lost.unwrap() < acquired.unwrap());
+    assert_eq!(f.holders("echo"), ["w0"]);
+}
+

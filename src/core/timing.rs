@@ -1,0 +1,149 @@
+//! Timing profile and core configuration.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use crate::wire::{ENVELOPE_LEN, MAX_DATAGRAM};
+
+/// How fast the fleet probes, suspects, gossips and repairs.
+///
+/// Failure detection speed and tolerance of process stalls are one knob: a node that
+/// stalls longer than about `suspect_to_down + probe_period / 2` is declared down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// SWIM probe period: each node probes one member this often.
+    pub probe_period: Duration,
+    /// How long a direct probe waits for its ack before indirect probes go out.
+    pub probe_rtt: Duration,
+    /// How many members are asked to probe indirectly.
+    pub indirect_probes: usize,
+    /// How long a suspected member has to refute before it is declared down.
+    pub suspect_to_down: Duration,
+    /// Period of foca's piggyback gossip.
+    pub gossip_interval: Duration,
+    /// Members gossiped to each period.
+    pub gossip_fanout: usize,
+    /// Re-announce to the join list this often while not connected.
+    pub announce_interval: Duration,
+    /// Announce to members held as down this often (how partitions heal).
+    pub announce_to_down_interval: Duration,
+    /// Period of record anti-entropy (one digest exchange with a random member).
+    pub anti_entropy_interval: Duration,
+    /// Period of the pull of records a node lacks.
+    pub repair_interval: Duration,
+}
+
+impl Timing {
+    /// The LAN default: failover in about 1.5–2 s, tolerating stalls up to about 1 s.
+    pub fn lan() -> Self {
+        Timing {
+            probe_period: Duration::from_millis(200),
+            probe_rtt: Duration::from_millis(50),
+            indirect_probes: 5,
+            suspect_to_down: Duration::from_millis(1000),
+            gossip_interval: Duration::from_millis(50),
+            gossip_fanout: 4,
+            announce_interval: Duration::from_millis(500),
+            announce_to_down_interval: Duration::from_secs(2),
+            anti_entropy_interval: Duration::from_secs(1),
+            repair_interval: Duration::from_millis(100),
+        }
+    }
+
+    /// foca's configuration for a cluster of about `cluster_size` members.
+    pub(crate) fn foca_config(&self, cluster_size: usize) -> foca::Config {
+        let size = u32::try_from(cluster_size.max(1)).unwrap_or(u32::MAX);
+        let mut config = foca::Config::new_lan(NonZeroU32::new(size).unwrap_or(NonZeroU32::MIN));
+        config.probe_period = self.probe_period;
+        config.probe_rtt = self.probe_rtt;
+        config.num_indirect_probes = nonzero(self.indirect_probes);
+        config.suspect_to_down_after = self.suspect_to_down;
+        config.max_transmissions = max_transmissions(cluster_size);
+        config.remove_down_after = None;
+        config.max_packet_size = nonzero(MAX_DATAGRAM - ENVELOPE_LEN);
+        config.notify_down_members = true;
+        config.periodic_announce = Some(foca::PeriodicParams {
+            frequency: self.announce_interval.max(Duration::from_secs(5)),
+            num_members: NonZeroUsize::MIN,
+        });
+        config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+            frequency: self.announce_to_down_interval,
+            num_members: nonzero(2),
+        });
+        config.periodic_gossip = Some(foca::PeriodicParams {
+            frequency: self.gossip_interval,
+            num_members: nonzero(self.gossip_fanout),
+        });
+        config
+    }
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing::lan()
+    }
+}
+
+fn nonzero(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// Twice foca's `floor(4·log10(n+1))`: foca's own value leaves stragglers that learn of a
+/// crash only through their own probe, and truncates suspicions before the suspect hears.
+pub(crate) fn max_transmissions(cluster_size: usize) -> NonZeroU8 {
+    let base = (4.0 * ((cluster_size as f64) + 1.0).log10()).floor().max(1.0);
+    NonZeroU8::new((2.0 * base).min(255.0) as u8).unwrap_or(NonZeroU8::MIN)
+}
+
+/// Everything the sans-IO core needs to start.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Stable, fleet-unique name (ranking uses it).
+    pub name: String,
+    /// Where peers send to.
+    pub addr: SocketAddr,
+    /// Rises on every process start.
+    pub boot: u64,
+    /// Addresses to join through (the own address is ignored).
+    pub seeds: Vec<SocketAddr>,
+    /// The timing profile.
+    pub timing: Timing,
+    /// How long a node that reaches nobody waits before it runs `alone`.
+    pub sync_timeout: Duration,
+    /// How long a displaced holder may take to drop its lease before it is yielded anyway.
+    pub handoff_timeout: Duration,
+    /// How long a node that stepped down stays out of the candidates.
+    pub step_down_backoff: Duration,
+    /// Seed of the core's random choices (foca's and its own).
+    pub rng_seed: u64,
+}
+
+impl CoreConfig {
+    /// A configuration with the documented defaults.
+    pub fn new(name: impl Into<String>, addr: SocketAddr, boot: u64) -> Self {
+        CoreConfig {
+            name: name.into(),
+            addr,
+            boot,
+            seeds: Vec::new(),
+            timing: Timing::lan(),
+            sync_timeout: Duration::from_secs(3),
+            handoff_timeout: Duration::from_secs(5),
+            step_down_backoff: Duration::from_secs(5),
+            rng_seed: boot ^ 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_transmissions_doubles_foca_lan() {
+        assert_eq!(max_transmissions(3).get(), 4);
+        assert_eq!(max_transmissions(100).get(), 16);
+        assert_eq!(max_transmissions(1000).get(), 24);
+    }
+}

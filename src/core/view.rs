@@ -1,0 +1,388 @@
+//! What one node believes: live members, their records, and per-resource indexes.
+//!
+//! Records arrive from three places (foca broadcasts, direct pushes, repair answers) and
+//! all go through [`Store::offer`]. The index keeps, for every resource, the candidates in
+//! rank order and the holders, counting only *valid* records: the node's own, and records
+//! of live members whose boot matches the member's identity. Everything is kept in
+//! ordered maps so that iteration order never depends on a random hasher.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use crate::core::identity::NodeId;
+use crate::placement::{name_hash, score_hashed};
+use crate::record::Record;
+
+/// Number of anti-entropy digest buckets.
+pub(crate) const BUCKETS: usize = 16;
+
+/// Latest record per address, shared with foca's broadcast handler.
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    pub records: BTreeMap<SocketAddr, Record>,
+    /// Addresses whose record changed since the core last looked.
+    pub changed: BTreeSet<SocketAddr>,
+    /// Records refused because they did not validate.
+    pub invalid: u64,
+}
+
+impl Store {
+    /// Keeps `record` if it is newer than what is stored for its address.
+    pub fn offer(&mut self, record: Record) -> bool {
+        if record.validate().is_err() {
+            self.invalid += 1;
+            return false;
+        }
+        match self.records.get(&record.addr) {
+            Some(old) if !record.newer_than(old) => false,
+            _ => {
+                self.changed.insert(record.addr);
+                self.records.insert(record.addr, record);
+                true
+            }
+        }
+    }
+}
+
+/// The key foca uses to drop a stale record broadcast from its queue.
+#[derive(Debug)]
+pub(crate) struct RecordKey {
+    addr: SocketAddr,
+    boot: u64,
+    version: u64,
+}
+
+impl foca::Invalidates for RecordKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.addr == other.addr && (self.boot, self.version) > (other.boot, other.version)
+    }
+}
+
+/// A broadcast item that did not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("record broadcast does not decode or validate")]
+pub(crate) struct BadRecord;
+
+/// foca's custom-broadcast handler: feeds records into the shared store.
+pub(crate) struct RecordHandler(pub Rc<RefCell<Store>>);
+
+impl foca::BroadcastHandler<NodeId> for RecordHandler {
+    type Key = RecordKey;
+    type Error = BadRecord;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&NodeId>,
+    ) -> Result<Option<RecordKey>, BadRecord> {
+        let record: Record = postcard::from_bytes(data).map_err(|_| BadRecord)?;
+        let key = RecordKey {
+            addr: record.addr,
+            boot: record.boot,
+            version: record.version,
+        };
+        let mut store = self.0.borrow_mut();
+        let before = store.invalid;
+        if store.offer(record) {
+            Ok(Some(key))
+        } else if store.invalid > before {
+            Err(BadRecord)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// One indexed claim of a valid record.
+#[derive(Clone, Debug)]
+struct IndexedClaim {
+    resource: String,
+    score: u64,
+    tickets: u16,
+    candidate: bool,
+    held: bool,
+}
+
+/// What was indexed for one address, to undo it.
+#[derive(Clone, Debug)]
+struct Indexed {
+    name: String,
+    boot: u64,
+    claims: Vec<IndexedClaim>,
+    digest: u64,
+}
+
+/// Candidates and holders of one resource among valid records.
+#[derive(Debug, Default)]
+pub(crate) struct ResourceIndex {
+    /// Ready candidates in rank order: higher score, then smaller name.
+    ranked: BTreeSet<(Reverse<u64>, String, SocketAddr)>,
+    /// How many ready candidates advertise each tickets value.
+    tickets: BTreeMap<u16, usize>,
+    /// Valid records that say they hold the resource.
+    holders: BTreeSet<SocketAddr>,
+    /// Advertised tickets per candidate address.
+    advertised: BTreeMap<SocketAddr, u16>,
+}
+
+/// The computed placement of one resource in this node's view.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The effective tickets (the value most candidates advertise; a tie: the smaller).
+    pub tickets: u16,
+    /// The top-`tickets` candidates, best first.
+    pub desired: Vec<SocketAddr>,
+    /// Members whose valid records say they hold it (unordered).
+    pub holders: BTreeSet<SocketAddr>,
+}
+
+/// Live members plus the index over their valid records.
+#[derive(Debug)]
+pub(crate) struct View {
+    pub own: SocketAddr,
+    /// Live (alive or suspect) members, excluding this node.
+    pub members: BTreeMap<SocketAddr, NodeId>,
+    /// Live members whose current record this node lacks, with when it was last asked for.
+    pub missing: BTreeMap<SocketAddr, MissingSince>,
+    indexed: BTreeMap<SocketAddr, Indexed>,
+    resources: BTreeMap<String, ResourceIndex>,
+    /// Valid records by name: `(boot, addr)`, newest last.
+    by_name: BTreeMap<String, BTreeSet<(u64, SocketAddr)>>,
+    /// XOR of entry hashes per bucket over valid records.
+    digest: [u64; BUCKETS],
+}
+
+/// When a missing record was first noticed and last requested.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MissingSince {
+    pub since: std::time::Duration,
+    pub asked: Option<std::time::Duration>,
+}
+
+pub(crate) fn addr_hash(addr: &SocketAddr) -> u64 {
+    let mut bytes = [0u8; 18];
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            bytes[..4].copy_from_slice(&a.ip().octets());
+            bytes[4..6].copy_from_slice(&a.port().to_le_bytes());
+            6
+        }
+        SocketAddr::V6(a) => {
+            bytes[..16].copy_from_slice(&a.ip().octets());
+            bytes[16..18].copy_from_slice(&a.port().to_le_bytes());
+            18
+        }
+    };
+    xxhash_rust::xxh3::xxh3_64(&bytes[..len])
+}
+
+pub(crate) fn bucket_of(addr: &SocketAddr) -> usize {
+    (addr_hash(addr) % BUCKETS as u64) as usize
+}
+
+pub(crate) fn entry_hash(addr: &SocketAddr, boot: u64, version: u64) -> u64 {
+    let mut bytes = [0u8; 24];
+    bytes[..8].copy_from_slice(&addr_hash(addr).to_le_bytes());
+    bytes[8..16].copy_from_slice(&boot.to_le_bytes());
+    bytes[16..].copy_from_slice(&version.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
+impl View {
+    pub fn new(own: SocketAddr) -> Self {
+        View {
+            own,
+            members: BTreeMap::new(),
+            missing: BTreeMap::new(),
+            indexed: BTreeMap::new(),
+            resources: BTreeMap::new(),
+            by_name: BTreeMap::new(),
+            digest: [0; BUCKETS],
+        }
+    }
+
+    pub fn is_live(&self, addr: &SocketAddr) -> bool {
+        *addr == self.own || self.members.contains_key(addr)
+    }
+
+    /// Whether `record` is the current record of a live member (or our own).
+    pub fn is_valid(&self, record: &Record) -> bool {
+        record.addr == self.own
+            || self
+                .members
+                .get(&record.addr)
+                .is_some_and(|id| id.boot == record.boot)
+    }
+
+    /// Re-derives everything indexed for `addr` from the store and membership. Returns the
+    /// resources whose index changed.
+    pub fn reindex(
+        &mut self,
+        addr: SocketAddr,
+        store: &Store,
+        now: std::time::Duration,
+    ) -> Vec<String> {
+        let mut touched = Vec::new();
+        if let Some(old) = self.indexed.remove(&addr) {
+            self.digest[bucket_of(&addr)] ^= old.digest;
+            if let Some(set) = self.by_name.get_mut(&old.name) {
+                set.remove(&(old.boot, addr));
+                if set.is_empty() {
+                    self.by_name.remove(&old.name);
+                }
+            }
+            for claim in old.claims {
+                if let Some(ri) = self.resources.get_mut(&claim.resource) {
+                    if claim.candidate {
+                        ri.ranked
+                            .remove(&(Reverse(claim.score), old.name.clone(), addr));
+                        ri.advertised.remove(&addr);
+                        if let Some(n) = ri.tickets.get_mut(&claim.tickets) {
+                            *n -= 1;
+                            if *n == 0 {
+                                ri.tickets.remove(&claim.tickets);
+                            }
+                        }
+                    }
+                    if claim.held {
+                        ri.holders.remove(&addr);
+                    }
+                    if ri.holders.is_empty() && ri.ranked.is_empty() {
+                        self.resources.remove(&claim.resource);
+                    }
+                }
+                touched.push(claim.resource);
+            }
+        }
+        let record = store.records.get(&addr).filter(|r| self.is_valid(r));
+        match record {
+            Some(record) => {
+                self.missing.remove(&addr);
+                let name_hash = name_hash(&record.name);
+                let mut indexed = Indexed {
+                    name: record.name.clone(),
+                    boot: record.boot,
+                    claims: Vec::with_capacity(record.claims.len()),
+                    digest: entry_hash(&addr, record.boot, record.version),
+                };
+                self.digest[bucket_of(&addr)] ^= indexed.digest;
+                self.by_name
+                    .entry(record.name.clone())
+                    .or_default()
+                    .insert((record.boot, addr));
+                for claim in &record.claims {
+                    let score = score_hashed(crate::placement::name_hash(&claim.resource), name_hash);
+                    let candidate = claim.candidate && record.ready;
+                    let ri = self.resources.entry(claim.resource.clone()).or_default();
+                    if candidate {
+                        ri.ranked.insert((Reverse(score), record.name.clone(), addr));
+                        ri.advertised.insert(addr, claim.tickets);
+                        *ri.tickets.entry(claim.tickets).or_default() += 1;
+                    }
+                    if claim.held {
+                        ri.holders.insert(addr);
+                    }
+                    if !ri.ranked.is_empty() || !ri.holders.is_empty() {
+                        touched.push(claim.resource.clone());
+                    } else {
+                        self.resources.remove(&claim.resource);
+                    }
+                    indexed.claims.push(IndexedClaim {
+                        resource: claim.resource.clone(),
+                        score,
+                        tickets: claim.tickets,
+                        candidate,
+                        held: claim.held,
+                    });
+                }
+                self.indexed.insert(addr, indexed);
+            }
+            None => {
+                if addr != self.own && self.members.contains_key(&addr) {
+                    self.missing
+                        .entry(addr)
+                        .or_insert(MissingSince { since: now, asked: None });
+                } else {
+                    self.missing.remove(&addr);
+                }
+            }
+        }
+        touched.sort();
+        touched.dedup();
+        touched
+    }
+
+    /// True if a valid record with the same name and a newer boot exists.
+    pub fn superseded(&self, addr: &SocketAddr) -> Option<SocketAddr> {
+        let indexed = self.indexed.get(addr)?;
+        let newest = self.by_name.get(&indexed.name)?.last()?;
+        (newest.1 != *addr && newest.0 >= indexed.boot).then_some(newest.1)
+    }
+
+    /// The name `addr` advertises in its valid record.
+    pub fn name_of(&self, addr: &SocketAddr) -> Option<&str> {
+        self.indexed.get(addr).map(|i| i.name.as_str())
+    }
+
+    /// The placement of `resource` in this view.
+    pub fn placement(&self, resource: &str) -> Placement {
+        let Some(ri) = self.resources.get(resource) else {
+            return Placement::default();
+        };
+        // Most advertised value wins; on a tie the smaller (BTreeMap iterates ascending).
+        let tickets = ri
+            .tickets
+            .iter()
+            .fold((0u16, 0usize), |best, (&t, &n)| if n > best.1 { (t, n) } else { best })
+            .0;
+        let mut desired = Vec::with_capacity(tickets as usize);
+        for (_, _, addr) in &ri.ranked {
+            if desired.len() >= tickets as usize {
+                break;
+            }
+            if ri.advertised.get(addr) == Some(&tickets) && self.superseded(addr).is_none() {
+                desired.push(*addr);
+            }
+        }
+        Placement {
+            tickets,
+            desired,
+            holders: ri.holders.clone(),
+        }
+    }
+
+    /// Candidates of `resource` in rank order (all advertised tickets values).
+    pub fn candidates(&self, resource: &str) -> Vec<SocketAddr> {
+        self.resources
+            .get(resource)
+            .map(|ri| {
+                ri.ranked
+                    .iter()
+                    .filter(|(_, _, a)| self.superseded(a).is_none())
+                    .map(|(_, _, a)| *a)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every resource some valid record claims.
+    pub fn resources(&self) -> impl Iterator<Item = &str> {
+        self.resources.keys().map(String::as_str)
+    }
+
+    pub fn digest(&self) -> [u64; BUCKETS] {
+        self.digest
+    }
+
+    /// `(addr, boot, version)` of valid records in the buckets of `mask`.
+    pub fn entries_in(&self, mask: u32, store: &Store) -> Vec<(SocketAddr, u64, u64)> {
+        self.indexed
+            .keys()
+            .filter(|a| mask & (1 << bucket_of(a)) != 0)
+            .filter_map(|a| store.records.get(a).map(|r| (*a, r.boot, r.version)))
+            .collect()
+    }
+}

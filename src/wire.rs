@@ -1,0 +1,178 @@
+//! The datagram envelope.
+//!
+//! Every datagram is `magic (2 bytes "GE") | version (1 byte) | kind (1 byte) | payload`.
+//! A foca packet travels as is in the payload of a [`Kind::Foca`] datagram; the election's
+//! own messages are postcard-encoded [`Message`]s. Anything that does not decode is
+//! dropped and counted by the caller, never acted on.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::Record;
+
+/// First two bytes of every datagram.
+pub const MAGIC: [u8; 2] = *b"GE";
+/// The wire version this build speaks.
+pub const VERSION: u8 = 1;
+/// Bytes of envelope before the payload.
+pub const ENVELOPE_LEN: usize = 4;
+/// Largest datagram sent or accepted.
+pub const MAX_DATAGRAM: usize = 1400;
+
+/// The kind byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// A foca (SWIM) packet.
+    Foca = 1,
+    /// An election message ([`Message`]).
+    Election = 2,
+}
+
+/// The election's own datagrams: record repair and anti-entropy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Records pushed to a peer (own record to a member seen coming up, answers to requests).
+    Records(Vec<Record>),
+    /// "Send me these records"; empty means "send me yours".
+    RecordRequest(Vec<SocketAddr>),
+    /// A summary of the sender's live records, hashed into buckets.
+    Digest(Vec<u64>),
+    /// The sender's `(addr, boot, version)` entries of the buckets in `buckets` (a bit set),
+    /// in answer to a [`Message::Digest`] that differed there.
+    Versions {
+        /// Bit `i` set: bucket `i` is listed in full.
+        buckets: u32,
+        /// `(addr, boot, version)` of every live record in those buckets.
+        entries: Vec<(SocketAddr, u64, u64)>,
+    },
+}
+
+/// A decoded datagram.
+#[derive(Debug)]
+pub enum Datagram<'a> {
+    /// A foca packet, still encoded.
+    Foca(&'a [u8]),
+    /// An election message.
+    Election(Message),
+}
+
+/// Why an incoming datagram was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Larger than [`MAX_DATAGRAM`].
+    Size,
+    /// No magic, an unknown kind, or a payload that does not decode.
+    Decode,
+    /// A wire version this build does not speak.
+    Version,
+    /// Decoded, but its content is invalid (a bad record) or foca refused it.
+    Invalid,
+}
+
+impl DropReason {
+    /// A short label, for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Size => "size",
+            DropReason::Decode => "decode",
+            DropReason::Version => "version",
+            DropReason::Invalid => "invalid",
+        }
+    }
+}
+
+fn envelope(kind: Kind, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ENVELOPE_LEN + capacity);
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(kind as u8);
+    out
+}
+
+/// Wraps an encoded foca packet.
+pub fn encode_foca(packet: &[u8]) -> Vec<u8> {
+    let mut out = envelope(Kind::Foca, packet.len());
+    out.extend_from_slice(packet);
+    out
+}
+
+/// Encodes an election message.
+pub fn encode(message: &Message) -> Vec<u8> {
+    let out = envelope(Kind::Election, 64);
+    postcard::to_extend(message, out).expect("election messages always serialize")
+}
+
+/// Splits records into as few [`Message::Records`] datagrams as fit in [`MAX_DATAGRAM`].
+pub fn encode_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Vec<Vec<u8>> {
+    let mut datagrams = Vec::new();
+    let mut batch: Vec<Record> = Vec::new();
+    let mut size = ENVELOPE_LEN + 3;
+    for record in records {
+        let len = postcard::experimental::serialized_size(record).unwrap_or(usize::MAX);
+        if !batch.is_empty() && size + len > MAX_DATAGRAM {
+            datagrams.push(encode(&Message::Records(std::mem::take(&mut batch))));
+            size = ENVELOPE_LEN + 3;
+        }
+        size += len;
+        batch.push(record.clone());
+    }
+    if !batch.is_empty() {
+        datagrams.push(encode(&Message::Records(batch)));
+    }
+    datagrams
+}
+
+/// Decodes a datagram's envelope (and an election message's payload).
+pub fn decode(data: &[u8]) -> Result<Datagram<'_>, DropReason> {
+    if data.len() > MAX_DATAGRAM {
+        return Err(DropReason::Size);
+    }
+    if data.len() < ENVELOPE_LEN || data[..2] != MAGIC {
+        return Err(DropReason::Decode);
+    }
+    if data[2] != VERSION {
+        return Err(DropReason::Version);
+    }
+    let payload = &data[ENVELOPE_LEN..];
+    match data[3] {
+        k if k == Kind::Foca as u8 => Ok(Datagram::Foca(payload)),
+        k if k == Kind::Election as u8 => postcard::from_bytes(payload)
+            .map(Datagram::Election)
+            .map_err(|_| DropReason::Decode),
+        _ => Err(DropReason::Decode),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn election_message_round_trips() {
+        let msg = Message::RecordRequest(vec!["127.0.0.1:1".parse().unwrap()]);
+        match decode(&encode(&msg)).unwrap() {
+            Datagram::Election(got) => assert_eq!(got, msg),
+            other => panic!("decoded as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn foreign_version_and_garbage_are_refused() {
+        let mut data = encode(&Message::Digest(vec![1, 2]));
+        data[2] = VERSION + 1;
+        assert_eq!(decode(&data).unwrap_err(), DropReason::Version);
+        assert_eq!(decode(b"xx").unwrap_err(), DropReason::Decode);
+        assert_eq!(decode(b"GE\x01\x09").unwrap_err(), DropReason::Decode);
+        assert_eq!(
+            decode(&[0u8; MAX_DATAGRAM + 1]).unwrap_err(),
+            DropReason::Size
+        );
+        let mut truncated = encode(&Message::RecordRequest(vec![
+            "127.0.0.1:1".parse().unwrap(),
+        ]));
+        truncated.truncate(truncated.len() - 2);
+        assert_eq!(decode(&truncated).unwrap_err(), DropReason::Decode);
+    }
+}
