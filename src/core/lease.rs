@@ -37,6 +37,9 @@ pub enum LostReason {
     Withdrawn,
     /// The node is leaving the fleet.
     Leaving,
+    /// The node stopped without handing over (a crash-like stop, or its protocol thread
+    /// ended); reported by the API, never by the core.
+    Stopped,
 }
 
 impl LostReason {
@@ -47,6 +50,7 @@ impl LostReason {
             LostReason::Superseded => "superseded",
             LostReason::Withdrawn => "withdrawn",
             LostReason::Leaving => "leaving",
+            LostReason::Stopped => "stopped",
         }
     }
 }
@@ -323,6 +327,9 @@ impl Core {
             }
         }
         self.dirty.insert(resource.to_string());
+        if self.leaving && !self.claims.values().any(OwnClaim::held) {
+            self.finish_leave(now, forced);
+        }
     }
 
     /// Reindexes our own record right away, so decisions in this step see it.
@@ -380,6 +387,23 @@ impl Core {
                 if !(claim.candidate() && desired && self.ready && !self.leaving && !superseded) {
                     claim.blocked_since.clear();
                     return;
+                }
+                // A node that just became ready waits one probe round trip, so that an
+                // acquisition another node made just before it was ready reaches it.
+                if let Some(ready_at) = self.ready_at {
+                    let hold_off = ready_at + self.cfg.timing.probe_rtt;
+                    if self.active && now < hold_off {
+                        if claim.escape_at != Some(hold_off) {
+                            claim.escape_at = Some(hold_off);
+                            self.schedule(
+                                hold_off,
+                                CoreTimer::Escape {
+                                    resource: resource.to_string(),
+                                },
+                            );
+                        }
+                        return;
+                    }
                 }
                 let blockers: Vec<SocketAddr> = placement
                     .holders
@@ -439,10 +463,11 @@ impl Core {
         });
         self.bump_record(now);
         self.after_record_change();
-        // Candidates that could conflict hear it directly, not only by gossip.
+        // Nodes that could conflict (ready or about to be) hear it directly, not only by
+        // gossip.
         let own = self.own_record();
-        let candidates = self.view.candidates(resource);
-        for addr in candidates.into_iter().take(64) {
+        let interested = self.view.interested(resource);
+        for addr in interested {
             if addr != self.cfg.addr {
                 self.send_records(addr, std::slice::from_ref(&own));
             }

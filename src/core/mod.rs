@@ -267,6 +267,11 @@ pub struct Core {
     active: bool,
     ever_active: bool,
     ready: bool,
+    /// When the node became ready.
+    ready_at: Option<Duration>,
+    /// A peer answered a digest with "same view": this node knows the live records it knows.
+    view_confirmed: bool,
+    active_since: Option<Duration>,
     leaving: bool,
     next_lease: u64,
     started: Duration,
@@ -327,6 +332,9 @@ impl Core {
             active: false,
             ever_active: false,
             ready: false,
+            ready_at: None,
+            view_confirmed: false,
+            active_since: None,
             leaving: false,
             next_lease: 1,
             started: now,
@@ -566,6 +574,10 @@ impl Core {
             }
             CoreTimer::Repair => {
                 self.pull_missing(now);
+                if self.active && !self.ready {
+                    // Confirm the view with a peer before taking anything over.
+                    self.send_digest(now);
+                }
                 self.schedule(now + self.cfg.timing.repair_interval, CoreTimer::Repair);
             }
             CoreTimer::AntiEntropy => {
@@ -753,6 +765,7 @@ impl Core {
                 debug!("connected to the fleet");
                 self.active = true;
                 self.ever_active = true;
+                self.active_since.get_or_insert(now);
             }
             OwnedNotification::Idle => {
                 if !self.leaving {
@@ -821,6 +834,8 @@ impl Core {
         );
         self.runtime = AccumulatingRuntime::new();
         self.active = false;
+        self.active_since = None;
+        self.view_confirmed = false;
         let gone: Vec<NodeId> = self.view.members.values().copied().collect();
         for id in gone {
             self.view.members.remove(&id.addr);
@@ -847,6 +862,7 @@ impl Core {
     fn set_ready(&mut self, now: Duration) {
         if !self.ready {
             self.ready = true;
+            self.ready_at = Some(now);
             info!(members = self.view.members.len(), "synced: ready to take over");
             self.bump_record(now);
             self.dirty.extend(self.claims.keys().cloned());
@@ -914,7 +930,7 @@ impl Core {
         for addr in changed {
             self.reindex(now, addr);
         }
-        if !self.ready && self.active && self.view.missing.is_empty() {
+        if !self.ready && self.synced(now) {
             self.set_ready(now);
         }
         self.check_superseded(now);
@@ -940,6 +956,19 @@ impl Core {
                 self.reindex(now, addr);
             }
         }
+    }
+
+    /// Synced: connected, holding the record of every live member, and either a peer
+    /// confirmed the same view (equal digests) or the node has been connected for
+    /// `sync_timeout`. The confirmation matters: a newcomer may have heard of only some
+    /// members when it first connects.
+    fn synced(&self, now: Duration) -> bool {
+        self.active
+            && self.view.missing.is_empty()
+            && (self.view_confirmed
+                || self
+                    .active_since
+                    .is_some_and(|t| now >= t + self.cfg.sync_timeout))
     }
 
     fn report_owners(&mut self, resource: String) {

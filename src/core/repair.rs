@@ -77,6 +77,14 @@ impl Core {
         let ours = self.view.digest();
         let differing: Vec<usize> = (0..BUCKETS).filter(|&i| ours[i] != theirs[i]).collect();
         if differing.is_empty() {
+            // "Same view": lets a newcomer know it has heard of everyone.
+            self.send_message(
+                from,
+                &Message::Versions {
+                    buckets: 0,
+                    entries: Vec::new(),
+                },
+            );
             return;
         }
         // Start at a random differing bucket so large views still make progress everywhere.
@@ -116,6 +124,10 @@ impl Core {
         entries: &[(SocketAddr, u64, u64)],
     ) {
         if !self.view.members.contains_key(&from) {
+            return;
+        }
+        if buckets == 0 && entries.is_empty() {
+            self.view_confirmed = true;
             return;
         }
         let mut push: Vec<Record> = Vec::new();

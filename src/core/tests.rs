@@ -207,3 +207,60 @@ fn higher_ranked_join_hands_over_without_two_holders() {
     assert_eq!(f.holders("echo"), ["w0"]);
 }
 
+
+#[test]
+fn restarted_top_ranked_node_takes_ticket_back_only_once_ready() {
+    let mut f = fleet(3);
+    f.run_for(Duration::from_secs(2));
+    for i in 0..3 {
+        let now = f.now;
+        f.node(i).obtain(now, "echo", 1).unwrap();
+        f.flush(addr(i));
+    }
+    f.run_for(Duration::from_secs(2));
+    assert_eq!(f.holders("echo"), ["w0"]);
+    f.crash(0);
+    f.run_for(Duration::from_secs(5));
+    assert_eq!(f.holders("echo"), ["w2"]);
+
+    let before = f.events.len();
+    f.start(0, 5000, &[0, 1, 2]);
+    let now = f.now;
+    f.node(0).obtain(now, "echo", 1).unwrap();
+    f.flush(addr(0));
+    let mut ready_seen = false;
+    let mut lost_seen = false;
+    for _ in 0..3000 {
+        f.run_for(Duration::from_millis(1));
+        ready_seen |= f.node(0).is_ready();
+        let lost = f.events[before..]
+            .iter()
+            .any(|(_, a, e)| *a == addr(2) && matches!(e, Event::Lost { .. }));
+        if lost && !lost_seen {
+            lost_seen = true;
+            assert!(ready_seen, "w2 was displaced before the restarted w0 was ready");
+        }
+        // Never more than one holder, and never none for longer than a handoff round trip.
+        assert!(f.holders("echo").len() <= 1);
+    }
+    assert!(lost_seen);
+    assert_eq!(f.holders("echo"), ["w0"]);
+    let gap = f
+        .events
+        .iter()
+        .filter(|(_, a, e)| *a == addr(2) && matches!(e, Event::Yielded { .. }))
+        .map(|(t, _, _)| *t)
+        .last()
+        .unwrap();
+    let back = f
+        .events
+        .iter()
+        .filter(|(_, a, e)| *a == addr(0) && matches!(e, Event::Acquired { .. }))
+        .map(|(t, _, _)| *t)
+        .last()
+        .unwrap();
+    // The ticket is ownerless only while w2's yield travels to w0 (1 ms), plus at most the
+    // probe round trip a node waits after becoming ready before its first acquisition.
+    let bound = Timing::lan().probe_rtt + Duration::from_millis(2);
+    assert!(back - gap <= bound, "ownerless for {:?}", back - gap);
+}

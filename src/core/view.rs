@@ -126,6 +126,8 @@ pub(crate) struct ResourceIndex {
     holders: BTreeSet<SocketAddr>,
     /// Advertised tickets per candidate address.
     advertised: BTreeMap<SocketAddr, u16>,
+    /// Valid records that claim the resource at all (ready or not, competing or not).
+    interested: BTreeSet<SocketAddr>,
 }
 
 /// The computed placement of one resource in this node's view.
@@ -250,7 +252,8 @@ impl View {
                     if claim.held {
                         ri.holders.remove(&addr);
                     }
-                    if ri.holders.is_empty() && ri.ranked.is_empty() {
+                    ri.interested.remove(&addr);
+                    if ri.interested.is_empty() {
                         self.resources.remove(&claim.resource);
                     }
                 }
@@ -285,11 +288,8 @@ impl View {
                     if claim.held {
                         ri.holders.insert(addr);
                     }
-                    if !ri.ranked.is_empty() || !ri.holders.is_empty() {
-                        touched.push(claim.resource.clone());
-                    } else {
-                        self.resources.remove(&claim.resource);
-                    }
+                    ri.interested.insert(addr);
+                    touched.push(claim.resource.clone());
                     indexed.claims.push(IndexedClaim {
                         resource: claim.resource.clone(),
                         score,
@@ -365,6 +365,14 @@ impl View {
                     .map(|(_, _, a)| *a)
                     .collect()
             })
+            .unwrap_or_default()
+    }
+
+    /// Live members whose records claim `resource` at all (ready or not).
+    pub fn interested(&self, resource: &str) -> Vec<SocketAddr> {
+        self.resources
+            .get(resource)
+            .map(|ri| ri.interested.iter().copied().collect())
             .unwrap_or_default()
     }
 

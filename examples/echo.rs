@@ -1,0 +1,119 @@
+//! One worker of a fleet, the seed's example: while this worker holds `echo`, it prints
+//! `Hello World, pid: <pid>` at once and then every interval.
+//!
+//! ```text
+//! cargo run --release --example echo -- --name w1 --bind 127.0.0.1:7101 \
+//!     --join 127.0.0.1:7101 --join 127.0.0.1:7102 --join 127.0.0.1:7103
+//! ```
+//! Only the greeting goes to stdout; the lifecycle goes to stderr. SIGINT or SIGTERM
+//! leaves gracefully.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Parser;
+use gossip_election::Node;
+use tokio::task::JoinHandle;
+
+#[derive(Parser, Debug)]
+#[command(about = "One worker that runs `echo` while it holds a ticket")]
+struct Args {
+    /// Stable, fleet-unique worker name.
+    #[arg(long)]
+    name: String,
+    /// UDP address to bind.
+    #[arg(long)]
+    bind: SocketAddr,
+    /// Address peers send to (required with a wildcard bind).
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// A fleet member to join through (repeatable; the own address is fine).
+    #[arg(long)]
+    join: Vec<SocketAddr>,
+    /// The resource to compete for.
+    #[arg(long, default_value = "echo")]
+    resource: String,
+    /// How many workers may hold it at once.
+    #[arg(long, default_value_t = 1)]
+    tickets: u16,
+    /// How often to greet while holding it (e.g. 2s, 100ms).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,gossip_election=info".into()),
+        )
+        .init();
+    let args = Args::parse();
+
+    let mut builder = Node::builder(&args.name).bind(args.bind).join(args.join);
+    if let Some(advertise) = args.advertise {
+        builder = builder.advertise(advertise);
+    }
+    let node = builder.start().await?;
+
+    // The seed: obtain(resource, fnObtain, fnRelease, { tickets }).
+    let timer: Arc<Mutex<Option<JoinHandle<()>>>> = Arc::default();
+    let interval = args.interval;
+    let election = node
+        .obtain_with(
+            &args.resource,
+            args.tickets,
+            {
+                let timer = Arc::clone(&timer);
+                move || {
+                    let timer = Arc::clone(&timer);
+                    async move {
+                        let task = tokio::spawn(async move {
+                            let mut tick = tokio::time::interval(interval);
+                            loop {
+                                tick.tick().await;
+                                println!("Hello World, pid: {}", std::process::id());
+                            }
+                        });
+                        *timer.lock().unwrap() = Some(task);
+                    }
+                }
+            },
+            {
+                let timer = Arc::clone(&timer);
+                move |reason| {
+                    let timer = Arc::clone(&timer);
+                    async move {
+                        tracing::info!(%reason, "stopping echo");
+                        if let Some(task) = timer.lock().unwrap().take() {
+                            task.abort();
+                        }
+                    }
+                }
+            },
+        )
+        .await?;
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    // Stop greeting first: the next holder may start the moment we yield.
+    if let Some(task) = timer.lock().unwrap().take() {
+        task.abort();
+    }
+    drop(election);
+    node.leave().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        biased;
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

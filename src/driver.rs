@@ -1,0 +1,324 @@
+//! The tokio driver: one UDP socket, the core's one timer heap, a command channel.
+//!
+//! It runs on a dedicated thread with its own current-thread runtime, so a busy
+//! application runtime cannot delay probes. Everything it does is: feed the core
+//! datagrams, deadlines and commands (with `now` from tokio's clock), send what the core
+//! wants sent, and publish the core's events to the API's channels. The socket sits
+//! behind [`Socket`] so the driver can also run over a simulated network.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::core::{Core, Event, LeaseId, LostReason, NodeState, Owners};
+use crate::error::Error;
+use crate::wire::MAX_DATAGRAM;
+
+/// The datagram socket the driver runs over: tokio's `UdpSocket`, or a simulated one.
+pub trait Socket {
+    /// Receives one datagram (must be cancel-safe).
+    fn recv_from(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<(usize, SocketAddr)>>;
+    /// Sends one datagram.
+    fn send_to(&self, buf: &[u8], target: SocketAddr) -> impl Future<Output = io::Result<usize>>;
+}
+
+impl Socket for tokio::net::UdpSocket {
+    fn recv_from(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<(usize, SocketAddr)>> {
+        tokio::net::UdpSocket::recv_from(self, buf)
+    }
+
+    fn send_to(&self, buf: &[u8], target: SocketAddr) -> impl Future<Output = io::Result<usize>> {
+        tokio::net::UdpSocket::send_to(self, buf, target)
+    }
+}
+
+/// The state of one lease as the API sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ClaimStatus {
+    /// The latest tenure and, once lost, why.
+    pub lease: Option<(LeaseId, Option<LostReason>)>,
+    /// `(ours, effective)` while tickets disagree.
+    pub mismatch: Option<(u16, u16)>,
+    /// The node stopped: nothing will change any more.
+    pub closed: bool,
+}
+
+/// Shared between a `Candidacy` and the driver.
+#[derive(Debug)]
+pub(crate) struct ClaimShared {
+    pub candidacy: u64,
+    pub status: watch::Sender<ClaimStatus>,
+    /// The newest lease handed to the application (0: none).
+    pub handed_out: Mutex<LeaseId>,
+}
+
+/// Requests from the API to the protocol thread.
+pub(crate) enum Command {
+    Obtain {
+        resource: String,
+        tickets: u16,
+        reply: oneshot::Sender<Result<Arc<ClaimShared>, Error>>,
+    },
+    Withdraw {
+        resource: String,
+        candidacy: u64,
+        reply: Option<oneshot::Sender<()>>,
+    },
+    LeaseDropped {
+        resource: String,
+        lease: LeaseId,
+    },
+    Owners {
+        resource: String,
+        reply: oneshot::Sender<(Owners, Vec<crate::core::OwnerInfo>)>,
+    },
+    WatchOwners {
+        resource: String,
+        reply: oneshot::Sender<watch::Receiver<Owners>>,
+    },
+    Members {
+        reply: oneshot::Sender<Vec<crate::api::MemberInfo>>,
+    },
+    Inspect {
+        reply: oneshot::Sender<crate::api::NodeInfo>,
+    },
+    Leave {
+        reply: oneshot::Sender<()>,
+    },
+    Crash,
+}
+
+/// The protocol loop.
+pub(crate) struct Driver<S> {
+    pub socket: S,
+    pub core: Core,
+    pub origin: Instant,
+    pub commands: mpsc::UnboundedReceiver<Command>,
+    pub state: watch::Sender<NodeState>,
+    pub claims: BTreeMap<String, Arc<ClaimShared>>,
+    pub owner_watches: BTreeMap<String, watch::Sender<Owners>>,
+    pub next_candidacy: u64,
+    pub leave_waiters: Vec<oneshot::Sender<()>>,
+    pub withdraw_waiters: Vec<(String, oneshot::Sender<()>)>,
+}
+
+impl<S: Socket> Driver<S> {
+    fn now(&self) -> std::time::Duration {
+        self.origin.elapsed()
+    }
+
+    pub async fn run(mut self) {
+        let mut buf = vec![0u8; MAX_DATAGRAM + 512];
+        loop {
+            self.flush().await;
+            if self.core.state() == NodeState::Left {
+                break;
+            }
+            let deadline = self.core.poll_timeout().map(|d| self.origin + d);
+            tokio::select! {
+                biased;
+                _ = sleep_until(deadline) => {
+                    let now = self.now();
+                    self.core.handle_timeout(now);
+                }
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => {
+                        let now = self.now();
+                        self.core.handle_datagram(now, from, &buf[..len]);
+                    }
+                    Err(err) => debug!(%err, "receive failed"),
+                },
+                command = self.commands.recv() => match command {
+                    Some(Command::Crash) => break,
+                    Some(command) => self.command(command),
+                    None => {
+                        // Every handle is gone: leave as if asked to.
+                        let now = self.now();
+                        self.core.leave(now);
+                    }
+                },
+            }
+        }
+        self.close();
+    }
+
+    fn command(&mut self, command: Command) {
+        let now = self.now();
+        match command {
+            Command::Obtain {
+                resource,
+                tickets,
+                reply,
+            } => {
+                let result = self.core.obtain(now, &resource, tickets);
+                let _ = reply.send(result.map_err(Error::from).map(|()| {
+                    self.next_candidacy += 1;
+                    let shared = Arc::new(ClaimShared {
+                        candidacy: self.next_candidacy,
+                        status: watch::Sender::new(ClaimStatus::default()),
+                        handed_out: Mutex::new(0),
+                    });
+                    // A re-obtain while the old lease is still being yielded keeps its state.
+                    if let Some(old) = self.claims.insert(resource.clone(), Arc::clone(&shared)) {
+                        shared.status.send_replace(*old.status.borrow());
+                        *shared.handed_out.lock().expect("not poisoned") =
+                            *old.handed_out.lock().expect("not poisoned");
+                    }
+                    shared
+                }));
+            }
+            Command::Withdraw {
+                resource,
+                candidacy,
+                reply,
+            } => {
+                if self.claims.get(&resource).is_some_and(|c| c.candidacy == candidacy) {
+                    self.core.withdraw(now, &resource);
+                    if let Some(reply) = reply {
+                        self.withdraw_waiters.push((resource, reply));
+                    }
+                } else if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
+            Command::LeaseDropped { resource, lease } => {
+                self.core.lease_dropped(now, &resource, lease);
+            }
+            Command::Owners { resource, reply } => {
+                let _ = reply.send((self.core.owners(&resource), self.core.candidates(&resource)));
+            }
+            Command::WatchOwners { resource, reply } => {
+                self.core.watch(&resource);
+                let owners = self.core.owners(&resource);
+                let sender = self
+                    .owner_watches
+                    .entry(resource)
+                    .or_insert_with(|| watch::Sender::new(owners));
+                let _ = reply.send(sender.subscribe());
+            }
+            Command::Members { reply } => {
+                let _ = reply.send(crate::api::members_of(&self.core));
+            }
+            Command::Inspect { reply } => {
+                let _ = reply.send(crate::api::info_of(&self.core, now));
+            }
+            Command::Leave { reply } => {
+                self.leave_waiters.push(reply);
+                self.core.leave(now);
+            }
+            Command::Crash => {}
+        }
+    }
+
+    /// Sends what the core wants sent and publishes its events.
+    async fn flush(&mut self) {
+        while let Some(transmit) = self.core.poll_transmit() {
+            if let Err(err) = self.socket.send_to(&transmit.data, transmit.to).await {
+                debug!(to = %transmit.to, %err, "send failed");
+            }
+        }
+        while let Some(event) = self.core.poll_event() {
+            self.publish(event);
+        }
+        // Withdrawals complete once the core no longer holds the resource.
+        let own = self.core.own_record();
+        let (pending, done): (Vec<_>, Vec<_>) = std::mem::take(&mut self.withdraw_waiters)
+            .into_iter()
+            .partition(|(resource, _)| own.claim(resource).is_some_and(|c| c.held));
+        self.withdraw_waiters = pending;
+        for (_, waiter) in done {
+            let _ = waiter.send(());
+        }
+    }
+
+    fn publish(&mut self, event: Event) {
+        let now = self.now();
+        match event {
+            Event::StateChanged(state) => {
+                self.state.send_replace(state);
+            }
+            Event::Acquired { resource, lease } => {
+                if let Some(claim) = self.claims.get(&resource) {
+                    claim.status.send_modify(|s| s.lease = Some((lease, None)));
+                }
+            }
+            Event::Lost {
+                resource,
+                lease,
+                reason,
+            } => {
+                if let Some(claim) = self.claims.get(&resource) {
+                    let handed_out = claim.handed_out.lock().expect("not poisoned");
+                    claim
+                        .status
+                        .send_modify(|s| s.lease = Some((lease, Some(reason))));
+                    if *handed_out < lease {
+                        // The application never saw this lease: nothing to wait for.
+                        drop(handed_out);
+                        self.core.lease_dropped(now, &resource, lease);
+                    }
+                }
+            }
+            Event::Yielded { resource, .. } => {
+                let _ = resource;
+            }
+            Event::TicketsMismatch {
+                resource,
+                ours,
+                effective,
+            } => {
+                if let Some(claim) = self.claims.get(&resource) {
+                    claim.status.send_modify(|s| s.mismatch = Some((ours, effective)));
+                }
+            }
+            Event::TicketsAgreed { resource } => {
+                if let Some(claim) = self.claims.get(&resource) {
+                    claim.status.send_modify(|s| s.mismatch = None);
+                }
+            }
+            Event::OwnersChanged { resource, owners } => {
+                if let Some(watch) = self.owner_watches.get(&resource) {
+                    watch.send_replace(owners);
+                }
+            }
+            Event::Superseded { by } => warn!(%by, "superseded by a newer process with this name"),
+            Event::SupersedesOther { old } => {
+                warn!(%old, "an older process with this name still runs; it will stand down")
+            }
+            Event::MemberUp(_) | Event::MemberDown(_) | Event::Left => {}
+        }
+    }
+
+    fn close(&mut self) {
+        for claim in self.claims.values() {
+            claim.status.send_modify(|s| {
+                s.closed = true;
+                if let Some((_, lost @ None)) = &mut s.lease {
+                    *lost = Some(LostReason::Stopped);
+                }
+            });
+        }
+        if self.core.state() != NodeState::Left {
+            self.state.send_replace(NodeState::Left);
+        }
+        for waiter in self.leave_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        for (_, waiter) in self.withdraw_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

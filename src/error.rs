@@ -1,0 +1,43 @@
+//! The crate's error type.
+
+use std::net::SocketAddr;
+
+use crate::core::CommandError;
+use crate::record::RecordError;
+
+/// Everything that can go wrong when starting or using a [`Node`](crate::Node).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `start()` was called without a bind address.
+    #[error("no bind address: call NodeBuilder::bind(addr) before start()")]
+    MissingBind,
+    /// A wildcard bind address (0.0.0.0 or ::) needs an advertise address.
+    #[error("bind address {0} is a wildcard: peers cannot send to it; set NodeBuilder::advertise(addr) to the address peers reach this node at")]
+    WildcardWithoutAdvertise(SocketAddr),
+    /// The advertise address is a wildcard or has port 0.
+    #[error("advertise address {0} must be a concrete address with a non-zero port")]
+    InvalidAdvertise(SocketAddr),
+    /// The node name is empty or too long.
+    #[error("invalid node name: {0}")]
+    InvalidName(RecordError),
+    /// Binding the UDP socket failed.
+    #[error("cannot bind UDP socket on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The protocol thread could not be started.
+    #[error("cannot start the protocol thread: {0}")]
+    Spawn(std::io::Error),
+    /// The node refused a command (bad resource name, zero tickets, a second obtain...).
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The node has stopped (left, crashed, or its protocol thread ended).
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

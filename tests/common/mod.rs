@@ -1,0 +1,148 @@
+//! Helpers for tests that run real nodes over UDP on 127.0.0.1.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gossip_election::{Candidacy, LostReason, Node, NodeBuilder, Timing};
+
+/// Generous bound for anything that should happen in a few seconds.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// What the applications of a test fleet did, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Acquired(String),
+    Lost(String, LostReason),
+    Released(String),
+}
+
+/// A shared log plus the number of holders at the application level (from acquisition
+/// until the lease is dropped), and the most ever seen at once.
+#[derive(Clone, Default)]
+pub struct Log {
+    inner: Arc<Mutex<LogInner>>,
+}
+
+#[derive(Default)]
+struct LogInner {
+    steps: Vec<Step>,
+    holders: Vec<String>,
+    max_holders: usize,
+}
+
+impl Log {
+    pub fn steps(&self) -> Vec<Step> {
+        self.inner.lock().unwrap().steps.clone()
+    }
+
+    pub fn holders(&self) -> Vec<String> {
+        let mut h = self.inner.lock().unwrap().holders.clone();
+        h.sort();
+        h
+    }
+
+    pub fn max_holders(&self) -> usize {
+        self.inner.lock().unwrap().max_holders
+    }
+
+    fn acquired(&self, name: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.steps.push(Step::Acquired(name.into()));
+        inner.holders.push(name.into());
+        inner.max_holders = inner.max_holders.max(inner.holders.len());
+    }
+
+    fn lost(&self, name: &str, reason: LostReason) {
+        self.inner.lock().unwrap().steps.push(Step::Lost(name.into(), reason));
+    }
+
+    fn released(&self, name: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.steps.push(Step::Released(name.into()));
+        inner.holders.retain(|h| h != name);
+    }
+
+    /// Waits (bounded) until `check` holds on the log.
+    pub async fn wait_for(&self, what: &str, check: impl Fn(&Log) -> bool) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !check(self) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; steps: {:?}",
+                self.steps()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A builder on 127.0.0.1 with an OS-chosen port.
+pub fn builder(name: &str) -> NodeBuilder {
+    Node::builder(name)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .timing(Timing::lan())
+        .handoff_timeout(Duration::from_secs(5))
+}
+
+/// A free UDP port on 127.0.0.1 (bound and released).
+pub fn free_addr() -> SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap()
+}
+
+/// Runs the application loop of one worker: acquire, wait for `lost`, drop.
+pub fn run_worker(name: &str, mut candidacy: Candidacy, log: &Log) -> tokio::task::JoinHandle<()> {
+    let name = name.to_string();
+    let log = log.clone();
+    tokio::spawn(async move {
+        while let Ok(lease) = candidacy.acquired().await {
+            log.acquired(&name);
+            let reason = lease.lost().await;
+            log.lost(&name, reason);
+            log.released(&name);
+            drop(lease);
+        }
+    })
+}
+
+/// Starts nodes `names`, each joining through every address in `seeds`.
+pub async fn start_fleet(names: &[&str], seeds: &[SocketAddr]) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let node = Node::builder(*name)
+            .bind(seeds[i])
+            .join(seeds.iter().copied())
+            .start()
+            .await
+            .unwrap();
+        nodes.push(node);
+    }
+    nodes
+}
+
+/// Waits until every node reports `expected` as both the holders and the desired owners
+/// of `resource` (in rank order).
+pub async fn expect_owners(nodes: &[&Node], resource: &str, expected: &[&str]) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut views = Vec::new();
+        for node in nodes {
+            views.push(node.owners(resource).await.unwrap());
+        }
+        let agree = views.iter().all(|v| {
+            v.holders.iter().map(|o| o.name.as_str()).eq(expected.iter().copied())
+                && v.holders == v.desired
+        });
+        if agree {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "owners never became {expected:?}: {views:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
