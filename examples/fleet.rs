@@ -96,7 +96,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     nodes[crashed].crash().await;
     println!("crashed {}", nodes[crashed].name());
     let (next, at) = next_acquisition(&mut changes, &[crashed]).await?;
-    println!("failover: {:.1} ms ({} took over)", millis(at.duration_since(t0)), nodes[next].name());
+    println!(
+        "failover: {:.1} ms ({} took over)",
+        millis(at.duration_since(t0)),
+        nodes[next].name()
+    );
     holders.retain(|h| *h != crashed);
     let owners = settle(&nodes, args.tickets, &[crashed]).await?;
     println!("{RESOURCE} is owned by {}", names(&owners));
@@ -107,7 +111,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let leaving = nodes[next].clone();
     let leave = tokio::spawn(async move { leaving.leave().await });
     let (third, at) = next_acquisition(&mut changes, &[crashed, next]).await?;
-    println!("handoff: {:.1} ms ({} took over)", millis(at.duration_since(t1)), nodes[third].name());
+    println!(
+        "handoff: {:.1} ms ({} took over)",
+        millis(at.duration_since(t1)),
+        nodes[third].name()
+    );
     leave.await?;
     let owners = settle(&nodes, args.tickets, &[crashed, next]).await?;
     println!("{RESOURCE} is owned by {}", names(&owners));
@@ -130,32 +138,47 @@ fn millis(d: Duration) -> f64 {
 }
 
 fn index(name: &str) -> usize {
-    name.trim_start_matches("worker-").parse().unwrap_or(usize::MAX)
+    name.trim_start_matches("worker-")
+        .parse()
+        .unwrap_or(usize::MAX)
 }
 
 fn names(owners: &Owners) -> String {
-    owners.holders.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+    owners
+        .holders
+        .iter()
+        .map(|o| o.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-/// Waits until every running worker reports the same owners, `tickets` of them, all desired.
+/// Waits until every running worker sees every other one as a candidate and reports the
+/// same owners, `tickets` of them, all desired.
 async fn settle(nodes: &[Node], tickets: u16, gone: &[usize]) -> Result<Owners, String> {
     let deadline = Instant::now() + PATIENCE;
+    let running = nodes.len() - gone.len();
     loop {
         let mut views = Vec::new();
+        let mut all_candidates = true;
         for (i, node) in nodes.iter().enumerate() {
             if !gone.contains(&i) {
                 views.push(node.owners(RESOURCE).await.map_err(|e| e.to_string())?);
+                let candidates = node.candidates(RESOURCE).await.map_err(|e| e.to_string())?;
+                all_candidates &= candidates.len() == running;
             }
         }
         let first = &views[0];
-        if first.holders.len() == usize::from(tickets)
+        if all_candidates
+            && first.holders.len() == usize::from(tickets)
             && first.holders == first.desired
             && views.iter().all(|v| v == first)
         {
             return Ok(first.clone());
         }
         if Instant::now() > deadline {
-            return Err(format!("the fleet did not agree on owners within {PATIENCE:?}: {views:?}"));
+            return Err(format!(
+                "the fleet did not agree on owners within {PATIENCE:?}: {views:?}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -167,10 +190,10 @@ async fn next_acquisition(
 ) -> Result<(usize, Instant), String> {
     let wait = async {
         while let Some(change) = changes.recv().await {
-            if let Change::Acquired(i, at) = change {
-                if !excluded.contains(&i) {
-                    return Some((i, at));
-                }
+            if let Change::Acquired(i, at) = change
+                && !excluded.contains(&i)
+            {
+                return Some((i, at));
             }
         }
         None

@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use crate::core::{Core, CoreConfig, LeaseId, LostReason, NodeState, OwnerInfo, Owners, Stats, Timing};
+use crate::core::{
+    Core, CoreConfig, LeaseId, LostReason, NodeState, OwnerInfo, Owners, Stats, Timing,
+};
 use crate::driver::{ClaimShared, ClaimStatus, Command, Driver};
 use crate::error::{Error, Result};
 use crate::record::{MAX_NAME_LEN, RecordError};
@@ -170,19 +172,24 @@ impl NodeBuilder {
         let bind = self.bind.ok_or(Error::MissingBind)?;
         let advertise = match self.advertise {
             Some(addr) => addr,
-            None if bind.ip().is_unspecified() => return Err(Error::WildcardWithoutAdvertise(bind)),
+            None if bind.ip().is_unspecified() => {
+                return Err(Error::WildcardWithoutAdvertise(bind));
+            }
             None => bind,
         };
         if self.name.is_empty() || self.name.len() > MAX_NAME_LEN {
             return Err(Error::InvalidName(RecordError::BadName(self.name.len())));
         }
-        let socket = std::net::UdpSocket::bind(bind).map_err(|source| Error::Bind { addr: bind, source })?;
+        let socket =
+            std::net::UdpSocket::bind(bind).map_err(|source| Error::Bind { addr: bind, source })?;
         socket
             .set_nonblocking(true)
             .map_err(|source| Error::Bind { addr: bind, source })?;
         // Port 0 binds pick a port: advertise the one we got.
         let advertise = if advertise.port() == 0 && self.advertise.is_none() {
-            socket.local_addr().map_err(|source| Error::Bind { addr: bind, source })?
+            socket
+                .local_addr()
+                .map_err(|source| Error::Bind { addr: bind, source })?
         } else {
             advertise
         };
@@ -210,7 +217,10 @@ impl NodeBuilder {
         let thread = std::thread::Builder::new()
             .name(format!("gossip-election:{name}"))
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(err) => {
                         let _ = started_tx.send(Err(Error::Spawn(err)));
@@ -349,7 +359,10 @@ impl Node {
     }
 
     fn send(&self, command: Command) -> Result<()> {
-        self.inner.commands.send(command).map_err(|_| Error::Stopped)
+        self.inner
+            .commands
+            .send(command)
+            .map_err(|_| Error::Stopped)
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
@@ -597,7 +610,9 @@ impl Lease {
     fn lost_reason(&self) -> Option<LostReason> {
         let status = self.status.borrow();
         match status.lease {
-            Some((id, lost)) if id == self.id => lost.or(status.closed.then_some(LostReason::Stopped)),
+            Some((id, lost)) if id == self.id => {
+                lost.or(status.closed.then_some(LostReason::Stopped))
+            }
             _ => Some(LostReason::Displaced),
         }
     }

@@ -178,7 +178,11 @@ impl<S: Socket> Driver<S> {
                 candidacy,
                 reply,
             } => {
-                if self.claims.get(&resource).is_some_and(|c| c.candidacy == candidacy) {
+                if self
+                    .claims
+                    .get(&resource)
+                    .is_some_and(|c| c.candidacy == candidacy)
+                {
                     self.core.withdraw(now, &resource);
                     if let Some(reply) = reply {
                         self.withdraw_waiters.push((resource, reply));
@@ -274,7 +278,9 @@ impl<S: Socket> Driver<S> {
                 effective,
             } => {
                 if let Some(claim) = self.claims.get(&resource) {
-                    claim.status.send_modify(|s| s.mismatch = Some((ours, effective)));
+                    claim
+                        .status
+                        .send_modify(|s| s.mismatch = Some((ours, effective)));
                 }
             }
             Event::TicketsAgreed { resource } => {

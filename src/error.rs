@@ -12,7 +12,9 @@ pub enum Error {
     #[error("no bind address: call NodeBuilder::bind(addr) before start()")]
     MissingBind,
     /// A wildcard bind address (0.0.0.0 or ::) needs an advertise address.
-    #[error("bind address {0} is a wildcard: peers cannot send to it; set NodeBuilder::advertise(addr) to the address peers reach this node at")]
+    #[error(
+        "bind address {0} is a wildcard: peers cannot send to it; set NodeBuilder::advertise(addr) to the address peers reach this node at"
+    )]
     WildcardWithoutAdvertise(SocketAddr),
     /// The advertise address is a wildcard or has port 0.
     #[error("advertise address {0} must be a concrete address with a non-zero port")]

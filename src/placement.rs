@@ -47,7 +47,8 @@ pub const fn score_hashed(resource_hash: u64, node_hash: u64) -> u64 {
 ///
 /// Higher score first; on an equal score the lexicographically smaller name (bytes) first.
 pub fn rank_order(a: (u64, &str), b: (u64, &str)) -> Ordering {
-    b.0.cmp(&a.0).then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
+    b.0.cmp(&a.0)
+        .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
 }
 
 /// The first `tickets` of `names` in rank order for `resource`, best first.

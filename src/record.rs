@@ -96,7 +96,10 @@ impl Record {
             if claim.tickets == 0 {
                 return Err(RecordError::ZeroTickets(claim.resource.clone()));
             }
-            if self.claims[..i].iter().any(|c| c.resource == claim.resource) {
+            if self.claims[..i]
+                .iter()
+                .any(|c| c.resource == claim.resource)
+            {
                 return Err(RecordError::DuplicateResource(claim.resource.clone()));
             }
         }
@@ -141,7 +144,10 @@ mod tests {
     #[test]
     fn record_over_the_cap_is_refused() {
         assert!(record(10).validate().is_ok());
-        assert!(matches!(record(40).validate(), Err(RecordError::TooLarge(_))));
+        assert!(matches!(
+            record(40).validate(),
+            Err(RecordError::TooLarge(_))
+        ));
     }
 
     #[test]

@@ -10,7 +10,10 @@ use gossip_election::{Error, LostReason, Node, NodeState};
 /// `echo` ranks w0, w2, w4, w1, w3 (see the placement vectors).
 const NAMES: [&str; 5] = ["w0", "w1", "w2", "w3", "w4"];
 
-async fn fleet_with_workers(tickets: u16, log: &Log) -> (Vec<Node>, Vec<tokio::task::JoinHandle<()>>) {
+async fn fleet_with_workers(
+    tickets: u16,
+    log: &Log,
+) -> (Vec<Node>, Vec<tokio::task::JoinHandle<()>>) {
     let addrs: Vec<_> = (0..5).map(|_| free_addr()).collect();
     let nodes = start_fleet(&NAMES, &addrs).await;
     let mut workers = Vec::new();
@@ -28,8 +31,10 @@ async fn five_nodes_reach_exactly_tickets_holders_and_agree() {
         let (nodes, _workers) = fleet_with_workers(tickets, &log).await;
         let refs: Vec<&Node> = nodes.iter().collect();
         expect_owners(&refs, "echo", &expected).await;
-        log.wait_for("applications to match the owners", |l| l.holders() == expected)
-            .await;
+        log.wait_for("applications to match the owners", |l| {
+            l.holders() == expected
+        })
+        .await;
         for node in &nodes {
             node.leave().await;
         }
@@ -45,7 +50,8 @@ async fn crash_of_holder_moves_ticket_to_next_ranked() {
     nodes[0].crash().await;
     let survivors: Vec<&Node> = nodes[1..].iter().collect();
     expect_owners(&survivors, "echo", &["w2"]).await;
-    log.wait_for("w2 to run echo", |l| l.holders() == ["w2"]).await;
+    log.wait_for("w2 to run echo", |l| l.holders() == ["w2"])
+        .await;
     for node in &nodes[1..] {
         node.leave().await;
     }
@@ -114,7 +120,8 @@ async fn higher_ranked_join_makes_holder_lose_first_and_never_two_holders() {
     let mut all = refs.clone();
     all.push(&w0);
     expect_owners(&all, "echo", &["w0"]).await;
-    log.wait_for("w0 to run echo", |l| l.holders() == ["w0"]).await;
+    log.wait_for("w0 to run echo", |l| l.holders() == ["w0"])
+        .await;
 
     let steps = log.steps();
     let lost = steps
@@ -146,7 +153,8 @@ async fn restarted_top_ranked_node_takes_its_ticket_back() {
     nodes[0].crash().await;
     let survivors: Vec<&Node> = nodes[1..].iter().collect();
     expect_owners(&survivors, "echo", &["w2"]).await;
-    log.wait_for("w2 to run echo", |l| l.holders() == ["w2"]).await;
+    log.wait_for("w2 to run echo", |l| l.holders() == ["w2"])
+        .await;
     let before = log.steps().len();
 
     // Same name, same address, a newer boot.
@@ -162,7 +170,8 @@ async fn restarted_top_ranked_node_takes_its_ticket_back() {
     let mut all = survivors.clone();
     all.push(&w0);
     expect_owners(&all, "echo", &["w0"]).await;
-    log.wait_for("w0 to run echo", |l| l.holders() == ["w0"]).await;
+    log.wait_for("w0 to run echo", |l| l.holders() == ["w0"])
+        .await;
     let steps = log.steps()[before..].to_vec();
     // w2 ran echo until w0 took it back: told first, then w0 acquired; never two at once.
     // (That w2 is displaced only once w0 is ready is checked step by step in the core's
@@ -177,7 +186,11 @@ async fn restarted_top_ranked_node_takes_its_ticket_back() {
         .unwrap();
     assert!(lost < back, "{steps:?}");
     assert!(
-        steps.iter().filter(|s| matches!(s, Step::Acquired(_))).count() == 1,
+        steps
+            .iter()
+            .filter(|s| matches!(s, Step::Acquired(_)))
+            .count()
+            == 1,
         "{steps:?}"
     );
     for node in all {
@@ -199,7 +212,8 @@ async fn node_that_starts_alone_yields_when_it_meets_the_fleet() {
         .unwrap();
     let candidacy = w2.obtain("echo", 1).await.unwrap();
     run_worker("w2", candidacy, &log);
-    log.wait_for("w2 to run echo alone", |l| l.holders() == ["w2"]).await;
+    log.wait_for("w2 to run echo alone", |l| l.holders() == ["w2"])
+        .await;
     assert_eq!(w2.state(), NodeState::Alone);
 
     // The rest of the fleet (w0 ranks first) comes up.
@@ -217,8 +231,12 @@ async fn node_that_starts_alone_yields_when_it_meets_the_fleet() {
     }
     let refs: Vec<&Node> = nodes.iter().collect();
     expect_owners(&refs, "echo", &["w0"]).await;
-    log.wait_for("w0 to run echo", |l| l.holders() == ["w0"]).await;
-    assert!(log.steps().contains(&Step::Lost("w2".into(), LostReason::Displaced)));
+    log.wait_for("w0 to run echo", |l| l.holders() == ["w0"])
+        .await;
+    assert!(
+        log.steps()
+            .contains(&Step::Lost("w2".into(), LostReason::Displaced))
+    );
     assert_eq!(nodes[0].state(), NodeState::Active);
     for node in &nodes {
         node.leave().await;
@@ -236,7 +254,10 @@ async fn mismatched_tickets_are_reported() {
     }
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while candidacies[3].tickets_mismatch() != Some((3, 2)) {
-        assert!(tokio::time::Instant::now() < deadline, "mismatch never reported");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mismatch never reported"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(candidacies[0].tickets_mismatch(), None);
@@ -273,7 +294,10 @@ async fn invalid_input_returns_typed_errors() {
     assert!(second.to_string().contains("already competes"));
     let mut kept = Vec::new();
     let full = loop {
-        match node.obtain(&format!("resource-with-a-long-name-{:03}", kept.len()), 1).await {
+        match node
+            .obtain(&format!("resource-with-a-long-name-{:03}", kept.len()), 1)
+            .await
+        {
             Ok(c) => kept.push(c),
             Err(e) => break e,
         }
@@ -291,7 +315,10 @@ async fn invalid_input_returns_typed_errors() {
         .unwrap_err();
     assert!(matches!(wildcard, Error::WildcardWithoutAdvertise(_)));
     assert!(wildcard.to_string().contains("advertise"));
-    assert!(matches!(Node::builder("w1").start().await.unwrap_err(), Error::MissingBind));
+    assert!(matches!(
+        Node::builder("w1").start().await.unwrap_err(),
+        Error::MissingBind
+    ));
     assert!(matches!(
         builder("").start().await.unwrap_err(),
         Error::InvalidName(_)
@@ -302,5 +329,8 @@ async fn invalid_input_returns_typed_errors() {
         Error::Bind { .. }
     ));
     node.leave().await;
-    assert!(matches!(node.obtain("late", 1).await.unwrap_err(), Error::Stopped));
+    assert!(matches!(
+        node.obtain("late", 1).await.unwrap_err(),
+        Error::Stopped
+    ));
 }

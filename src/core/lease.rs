@@ -101,7 +101,12 @@ impl OwnClaim {
 
 impl Core {
     /// Starts competing for `resource` with `tickets`.
-    pub fn obtain(&mut self, now: Duration, resource: &str, tickets: u16) -> Result<(), CommandError> {
+    pub fn obtain(
+        &mut self,
+        now: Duration,
+        resource: &str,
+        tickets: u16,
+    ) -> Result<(), CommandError> {
         validate_resource(resource)?;
         if tickets == 0 {
             return Err(CommandError::ZeroTickets);
@@ -109,15 +114,15 @@ impl Core {
         if self.leaving || matches!(self.state, NodeState::Superseded | NodeState::Left) {
             return Err(CommandError::NotRunning(self.state));
         }
-        if let Some(claim) = self.claims.get(resource) {
-            if !claim.withdrawn {
-                return Err(CommandError::AlreadyCompeting(resource.to_string()));
-            }
+        if self.claims.get(resource).is_some_and(|c| !c.withdrawn) {
+            return Err(CommandError::AlreadyCompeting(resource.to_string()));
         }
         let previous = self.claims.get(resource).cloned();
         let claim = OwnClaim {
             tickets,
-            lease: previous.as_ref().map_or(super::lease::LeaseState::Idle, |c| c.lease),
+            lease: previous
+                .as_ref()
+                .map_or(super::lease::LeaseState::Idle, |c| c.lease),
             withdrawn: false,
             backoff_until: None,
             blocked_since: BTreeMap::new(),
@@ -197,7 +202,8 @@ impl Core {
         info!("leaving");
         self.leaving = true;
         self.state = NodeState::Leaving;
-        self.events.push_back(Event::StateChanged(NodeState::Leaving));
+        self.events
+            .push_back(Event::StateChanged(NodeState::Leaving));
         self.lose_all(now, super::LostReason::Leaving);
         for claim in self.claims.values_mut() {
             claim.withdrawn = true;
@@ -246,18 +252,21 @@ impl Core {
             .get(resource)
             .is_some_and(|c| c.lease == LeaseState::Lost { lease });
         if expired {
-            warn!(resource, "lease not dropped within handoff_timeout: yielding anyway");
+            warn!(
+                resource,
+                "lease not dropped within handoff_timeout: yielding anyway"
+            );
             self.yield_lease(now, resource, true);
         }
     }
 
     pub(super) fn backoff_expired(&mut self, now: Duration, resource: &str) {
-        if let Some(claim) = self.claims.get_mut(resource) {
-            if claim.backoff_until.is_some_and(|t| t <= now) {
-                claim.backoff_until = None;
-                self.bump_record(now);
-                self.dirty.insert(resource.to_string());
-            }
+        if let Some(claim) = self.claims.get_mut(resource)
+            && claim.backoff_until.is_some_and(|t| t <= now)
+        {
+            claim.backoff_until = None;
+            self.bump_record(now);
+            self.dirty.insert(resource.to_string());
         }
     }
 
@@ -354,14 +363,18 @@ impl Core {
         };
 
         // Tickets agreement.
-        let mismatch = (claim.candidate() && placement.tickets != 0 && placement.tickets != claim.tickets)
-            .then_some(placement.tickets);
+        let mismatch =
+            (claim.candidate() && placement.tickets != 0 && placement.tickets != claim.tickets)
+                .then_some(placement.tickets);
         if mismatch != claim.mismatch {
             claim.mismatch = mismatch;
             let ours = claim.tickets;
             self.events.push_back(match mismatch {
                 Some(effective) => {
-                    warn!(resource, ours, effective, "tickets disagree with the other candidates");
+                    warn!(
+                        resource,
+                        ours, effective, "tickets disagree with the other candidates"
+                    );
                     Event::TicketsMismatch {
                         resource: resource.to_string(),
                         ours,
@@ -438,7 +451,11 @@ impl Core {
                     return;
                 }
                 if !blockers.is_empty() {
-                    warn!(resource, ?blockers, "blockers neither yielded nor went down: acquiring anyway");
+                    warn!(
+                        resource,
+                        ?blockers,
+                        "blockers neither yielded nor went down: acquiring anyway"
+                    );
                     self.stats.escapes += 1;
                 }
                 self.acquire(now, resource);

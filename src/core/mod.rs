@@ -21,7 +21,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use foca::{AccumulatingRuntime, Codec, Foca, Member, Message as FocaMessage, OwnedNotification, PostcardCodec, Timer};
+use foca::{
+    AccumulatingRuntime, Codec, Foca, Member, Message as FocaMessage, OwnedNotification,
+    PostcardCodec, Timer,
+};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use tracing::{debug, info, warn};
@@ -187,7 +190,9 @@ pub enum CommandError {
     #[error("this node already competes for {0:?}: keep the first Candidacy or withdraw it")]
     AlreadyCompeting(String),
     /// Adding the claim would push the record over its size cap.
-    #[error("claiming {resource:?} would make this node's record {size} bytes, over the cap of {cap}; compete for fewer or shorter resources")]
+    #[error(
+        "claiming {resource:?} would make this node's record {size} bytes, over the cap of {cap}; compete for fewer or shorter resources"
+    )]
     RecordFull {
         /// The resource.
         resource: String,
@@ -347,7 +352,10 @@ impl Core {
         core.schedule(now + core.cfg.timing.announce_interval, CoreTimer::Announce);
         core.schedule(now + core.cfg.sync_timeout, CoreTimer::SyncTimeout);
         core.schedule(now + core.cfg.timing.repair_interval, CoreTimer::Repair);
-        core.schedule(now + core.cfg.timing.anti_entropy_interval, CoreTimer::AntiEntropy);
+        core.schedule(
+            now + core.cfg.timing.anti_entropy_interval,
+            CoreTimer::AntiEntropy,
+        );
         core.after_input(now);
         Ok(core)
     }
@@ -447,7 +455,10 @@ impl Core {
         let mut holders: Vec<SocketAddr> = placement.holders.iter().copied().collect();
         let rank_of = |a: &SocketAddr| {
             let name = self.view.name_of(a).unwrap_or_default();
-            (Reverse(crate::placement::score(resource, name)), name.to_string())
+            (
+                Reverse(crate::placement::score(resource, name)),
+                name.to_string(),
+            )
         };
         holders.sort_by_key(rank_of);
         let _ = ranked;
@@ -522,9 +533,7 @@ impl Core {
                     debug!(%from, %err, "foca refused a packet");
                     let reason = match err {
                         foca::Error::DataTooBig => DropReason::Size,
-                        foca::Error::MalformedPacket | foca::Error::Decode(_) => {
-                            DropReason::Decode
-                        }
+                        foca::Error::MalformedPacket | foca::Error::Decode(_) => DropReason::Decode,
                         _ => DropReason::Invalid,
                     };
                     if !matches!(err, foca::Error::DataFromOurselves) {
@@ -553,7 +562,7 @@ impl Core {
     fn fire(&mut self, now: Duration, timer: CoreTimer) {
         match timer {
             CoreTimer::Foca { instance, timer } => {
-                if instance == self.foca_instance && !(self.leaving && !self.active) {
+                if instance == self.foca_instance && (self.active || !self.leaving) {
                     if let Err(err) = self.foca.handle_timer(timer, &mut self.runtime) {
                         debug!(%err, "foca timer failed");
                     }
@@ -715,7 +724,7 @@ impl Core {
     /// foca sends `TurnUndead` when a suspicion expires even if the suspect refuted it;
     /// a live node then renews its identity for nothing. Suppress it for live members.
     fn is_turn_undead_to_live(&self, to: &NodeId, data: &[u8]) -> bool {
-        if !self.view.members.get(&to.addr).is_some_and(|id| id == to) {
+        if self.view.members.get(&to.addr) != Some(to) {
             return false;
         }
         let mut codec = PostcardCodec;
@@ -747,7 +756,11 @@ impl Core {
                 if was_live {
                     if old.boot != new.boot {
                         let mut store = self.store.borrow_mut();
-                        if store.records.get(&old.addr).is_some_and(|r| r.boot < new.boot) {
+                        if store
+                            .records
+                            .get(&old.addr)
+                            .is_some_and(|r| r.boot < new.boot)
+                        {
                             store.records.remove(&old.addr);
                         }
                     }
@@ -788,7 +801,11 @@ impl Core {
         self.view.members.insert(id.addr, id);
         {
             let mut store = self.store.borrow_mut();
-            if store.records.get(&id.addr).is_some_and(|r| r.boot < id.boot) {
+            if store
+                .records
+                .get(&id.addr)
+                .is_some_and(|r| r.boot < id.boot)
+            {
                 store.records.remove(&id.addr);
             }
         }
@@ -863,7 +880,10 @@ impl Core {
         if !self.ready {
             self.ready = true;
             self.ready_at = Some(now);
-            info!(members = self.view.members.len(), "synced: ready to take over");
+            info!(
+                members = self.view.members.len(),
+                "synced: ready to take over"
+            );
             self.bump_record(now);
             self.dirty.extend(self.claims.keys().cloned());
         }
@@ -975,7 +995,8 @@ impl Core {
         let owners = self.owners(&resource);
         if self.owners_seen.get(&resource) != Some(&owners) {
             self.owners_seen.insert(resource.clone(), owners.clone());
-            self.events.push_back(Event::OwnersChanged { resource, owners });
+            self.events
+                .push_back(Event::OwnersChanged { resource, owners });
         }
     }
 
@@ -986,7 +1007,8 @@ impl Core {
         if let Some(by) = self.view.superseded(&self.cfg.addr) {
             warn!(%by, "a newer process with this name runs: standing down");
             self.state = NodeState::Superseded;
-            self.events.push_back(Event::StateChanged(NodeState::Superseded));
+            self.events
+                .push_back(Event::StateChanged(NodeState::Superseded));
             self.events.push_back(Event::Superseded { by });
             self.lose_all(now, LostReason::Superseded);
             self.bump_record(now);

@@ -16,7 +16,7 @@ use std::time::Duration;
 use rand::RngExt;
 
 use super::Core;
-use super::view::{BUCKETS, bucket_of};
+use super::view::BUCKETS;
 use crate::record::Record;
 use crate::wire::{MAX_DATAGRAM, Message};
 
@@ -150,17 +150,16 @@ impl Core {
             }
         }
         // Our live records in the listed buckets that the peer did not list.
-        let listed: std::collections::BTreeSet<SocketAddr> =
-            entries.iter().map(|e| e.0).collect();
+        let listed: std::collections::BTreeSet<SocketAddr> = entries.iter().map(|e| e.0).collect();
         let ours = {
             let store = self.store.borrow();
             self.view.entries_in(buckets, &store)
         };
         for (addr, _, _) in ours {
-            if !listed.contains(&addr) && bucket_of(&addr) < BUCKETS {
-                if let Some(record) = self.record(&addr) {
-                    push.push(record);
-                }
+            if !listed.contains(&addr)
+                && let Some(record) = self.record(&addr)
+            {
+                push.push(record);
             }
         }
         if !push.is_empty() {

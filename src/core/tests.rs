@@ -1,16 +1,19 @@
 //! Whole-fleet tests of the core in virtual time, over a lossless in-memory network.
 
-use std::collections::{BTreeMap, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::*;
 
+/// `(deliver at, sequence, from, to, datagram)`.
+type InFlight = (Duration, u64, SocketAddr, SocketAddr, Vec<u8>);
+
 struct Fleet {
     now: Duration,
     nodes: BTreeMap<SocketAddr, Core>,
-    inflight: BinaryHeap<Reverse<(Duration, u64, SocketAddr, SocketAddr, Vec<u8>)>>,
+    inflight: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
     events: Vec<(Duration, SocketAddr, Event)>,
     latency: Duration,
@@ -52,15 +55,25 @@ impl Fleet {
     }
 
     fn flush(&mut self, a: SocketAddr) {
-        let Some(core) = self.nodes.get_mut(&a) else { return };
+        let Some(core) = self.nodes.get_mut(&a) else {
+            return;
+        };
         while let Some(t) = core.poll_transmit() {
             self.seq += 1;
-            self.inflight
-                .push(Reverse((self.now + self.latency, self.seq, a, t.to, t.data)));
+            self.inflight.push(Reverse((
+                self.now + self.latency,
+                self.seq,
+                a,
+                t.to,
+                t.data,
+            )));
         }
         let mut lost = Vec::new();
         while let Some(e) = core.poll_event() {
-            if let Event::Lost { resource, lease, .. } = &e {
+            if let Event::Lost {
+                resource, lease, ..
+            } = &e
+            {
                 lost.push((resource.clone(), *lease));
             }
             self.events.push((self.now, a, e));
@@ -69,7 +82,10 @@ impl Fleet {
         for (resource, lease) in lost {
             if self.auto_drop {
                 let now = self.now;
-                self.nodes.get_mut(&a).unwrap().lease_dropped(now, &resource, lease);
+                self.nodes
+                    .get_mut(&a)
+                    .unwrap()
+                    .lease_dropped(now, &resource, lease);
                 self.flush(a);
             }
         }
@@ -114,17 +130,6 @@ impl Fleet {
             .filter(|c| c.own_record().claim(resource).is_some_and(|c| c.held))
             .map(|c| c.name().to_string())
             .collect()
-    }
-
-    fn lease_of(&self, i: usize, resource: &str) -> Option<LeaseId> {
-        self.events
-            .iter()
-            .rev()
-            .filter(|(_, a, _)| *a == addr(i))
-            .find_map(|(_, _, e)| match e {
-                Event::Acquired { resource: r, lease } if r == resource => Some(*lease),
-                _ => None,
-            })
     }
 }
 
@@ -199,14 +204,23 @@ fn higher_ranked_join_hands_over_without_two_holders() {
     // w2 is told first and drops at once; never two holders.
     for _ in 0..300 {
         f.run_for(Duration::from_millis(10));
-        assert!(f.holders("echo").len() <= 1, "two holders: {:?}", f.holders("echo"));
+        assert!(
+            f.holders("echo").len() <= 1,
+            "two holders: {:?}",
+            f.holders("echo")
+        );
     }
-    let lost = f.events.iter().position(|(_, a, e)| *a == addr(2) && matches!(e, Event::Lost { .. }));
-    let acquired = f.events.iter().position(|(_, a, e)| *a == addr(0) && matches!(e, Event::Acquired { .. }));
+    let lost = f
+        .events
+        .iter()
+        .position(|(_, a, e)| *a == addr(2) && matches!(e, Event::Lost { .. }));
+    let acquired = f
+        .events
+        .iter()
+        .position(|(_, a, e)| *a == addr(0) && matches!(e, Event::Acquired { .. }));
     assert!(lost.unwrap() < acquired.unwrap());
     assert_eq!(f.holders("echo"), ["w0"]);
 }
-
 
 #[test]
 fn restarted_top_ranked_node_takes_ticket_back_only_once_ready() {
@@ -238,7 +252,10 @@ fn restarted_top_ranked_node_takes_ticket_back_only_once_ready() {
             .any(|(_, a, e)| *a == addr(2) && matches!(e, Event::Lost { .. }));
         if lost && !lost_seen {
             lost_seen = true;
-            assert!(ready_seen, "w2 was displaced before the restarted w0 was ready");
+            assert!(
+                ready_seen,
+                "w2 was displaced before the restarted w0 was ready"
+            );
         }
         // Never more than one holder, and never none for longer than a handoff round trip.
         assert!(f.holders("echo").len() <= 1);
@@ -250,14 +267,14 @@ fn restarted_top_ranked_node_takes_ticket_back_only_once_ready() {
         .iter()
         .filter(|(_, a, e)| *a == addr(2) && matches!(e, Event::Yielded { .. }))
         .map(|(t, _, _)| *t)
-        .last()
+        .next_back()
         .unwrap();
     let back = f
         .events
         .iter()
         .filter(|(_, a, e)| *a == addr(0) && matches!(e, Event::Acquired { .. }))
         .map(|(t, _, _)| *t)
-        .last()
+        .next_back()
         .unwrap();
     // The ticket is ownerless only while w2's yield travels to w0 (1 ms), plus at most the
     // probe round trip a node waits after becoming ready before its first acquisition.

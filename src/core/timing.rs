@@ -92,7 +92,9 @@ fn nonzero(n: usize) -> NonZeroUsize {
 /// Twice foca's `floor(4·log10(n+1))`: foca's own value leaves stragglers that learn of a
 /// crash only through their own probe, and truncates suspicions before the suspect hears.
 pub(crate) fn max_transmissions(cluster_size: usize) -> NonZeroU8 {
-    let base = (4.0 * ((cluster_size as f64) + 1.0).log10()).floor().max(1.0);
+    let base = (4.0 * ((cluster_size as f64) + 1.0).log10())
+        .floor()
+        .max(1.0);
     NonZeroU8::new((2.0 * base).min(255.0) as u8).unwrap_or(NonZeroU8::MIN)
 }
 

@@ -277,11 +277,13 @@ impl View {
                     .or_default()
                     .insert((record.boot, addr));
                 for claim in &record.claims {
-                    let score = score_hashed(crate::placement::name_hash(&claim.resource), name_hash);
+                    let score =
+                        score_hashed(crate::placement::name_hash(&claim.resource), name_hash);
                     let candidate = claim.candidate && record.ready;
                     let ri = self.resources.entry(claim.resource.clone()).or_default();
                     if candidate {
-                        ri.ranked.insert((Reverse(score), record.name.clone(), addr));
+                        ri.ranked
+                            .insert((Reverse(score), record.name.clone(), addr));
                         ri.advertised.insert(addr, claim.tickets);
                         *ri.tickets.entry(claim.tickets).or_default() += 1;
                     }
@@ -302,9 +304,10 @@ impl View {
             }
             None => {
                 if addr != self.own && self.members.contains_key(&addr) {
-                    self.missing
-                        .entry(addr)
-                        .or_insert(MissingSince { since: now, asked: None });
+                    self.missing.entry(addr).or_insert(MissingSince {
+                        since: now,
+                        asked: None,
+                    });
                 } else {
                     self.missing.remove(&addr);
                 }
@@ -336,7 +339,10 @@ impl View {
         let tickets = ri
             .tickets
             .iter()
-            .fold((0u16, 0usize), |best, (&t, &n)| if n > best.1 { (t, n) } else { best })
+            .fold(
+                (0u16, 0usize),
+                |best, (&t, &n)| if n > best.1 { (t, n) } else { best },
+            )
             .0;
         let mut desired = Vec::with_capacity(tickets as usize);
         for (_, _, addr) in &ri.ranked {

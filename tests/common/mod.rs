@@ -55,7 +55,11 @@ impl Log {
     }
 
     fn lost(&self, name: &str, reason: LostReason) {
-        self.inner.lock().unwrap().steps.push(Step::Lost(name.into(), reason));
+        self.inner
+            .lock()
+            .unwrap()
+            .steps
+            .push(Step::Lost(name.into(), reason));
     }
 
     fn released(&self, name: &str) {
@@ -132,7 +136,10 @@ pub async fn expect_owners(nodes: &[&Node], resource: &str, expected: &[&str]) {
             views.push(node.owners(resource).await.unwrap());
         }
         let agree = views.iter().all(|v| {
-            v.holders.iter().map(|o| o.name.as_str()).eq(expected.iter().copied())
+            v.holders
+                .iter()
+                .map(|o| o.name.as_str())
+                .eq(expected.iter().copied())
                 && v.holders == v.desired
         });
         if agree {
@@ -145,4 +152,3 @@ pub async fn expect_owners(nodes: &[&Node], resource: &str, expected: &[&str]) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
-
