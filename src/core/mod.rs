@@ -451,7 +451,6 @@ impl Core {
             name: self.view.name_of(addr).unwrap_or_default().to_string(),
             addr: *addr,
         };
-        let ranked = self.view.candidates(resource);
         let mut holders: Vec<SocketAddr> = placement.holders.iter().copied().collect();
         let rank_of = |a: &SocketAddr| {
             let name = self.view.name_of(a).unwrap_or_default();
@@ -461,7 +460,6 @@ impl Core {
             )
         };
         holders.sort_by_key(rank_of);
-        let _ = ranked;
         Owners {
             tickets: placement.tickets,
             holders: holders.iter().map(info).collect(),
