@@ -4,7 +4,7 @@
 #   cargo build --release --example echo
 # usage: scripts/echo_fleet.sh TICKETS
 set -u
-BIN="$(dirname "$0")/../target/release/examples/echo"
+BIN="$(cd "$(dirname "$0")/.." && pwd)/target/release/examples/echo"
 T=$1
 cd "$(mktemp -d)"
 for i in 1 2 3; do
