@@ -330,7 +330,8 @@ impl Core {
         // Send the new record straight to the nodes this unblocks.
         let placement = self.view.placement(resource);
         let own = self.own_record();
-        for addr in placement.desired {
+        let direct = !self.bug(|b| b.no_direct_repair);
+        for addr in placement.desired.into_iter().filter(|_| direct) {
             if addr != self.cfg.addr {
                 self.send_records(addr, std::slice::from_ref(&own));
             }
@@ -344,7 +345,9 @@ impl Core {
     /// Reindexes our own record right away, so decisions in this step see it.
     fn after_record_change(&mut self) {
         let own = self.cfg.addr;
-        self.store.borrow_mut().changed.remove(&own);
+        if !self.store.borrow_mut().changed.remove(&own) {
+            return;
+        }
         let touched = {
             let store = self.store.borrow();
             self.view.reindex(own, &store, Duration::ZERO)
@@ -358,6 +361,8 @@ impl Core {
         let placement = self.view.placement(resource);
         let own = self.cfg.addr;
         let superseded = self.state == NodeState::Superseded;
+        let keep_when_displaced = self.bug(|b| b.never_yield_when_displaced);
+        let hold_off = !self.bug(|b| b.acquire_before_synced);
         let Some(claim) = self.claims.get_mut(resource) else {
             return;
         };
@@ -390,7 +395,7 @@ impl Core {
         let desired = placement.desired.contains(&own);
         match claim.lease {
             LeaseState::Held { .. } => {
-                if !desired && !superseded {
+                if !desired && !superseded && !keep_when_displaced {
                     self.lose(now, resource, super::LostReason::Displaced);
                     self.bump_record(now);
                 }
@@ -403,7 +408,7 @@ impl Core {
                 }
                 // A node that just became ready waits one probe round trip, so that an
                 // acquisition another node made just before it was ready reaches it.
-                if let Some(ready_at) = self.ready_at {
+                if let Some(ready_at) = self.ready_at.filter(|_| hold_off) {
                     let hold_off = ready_at + self.cfg.timing.probe_rtt;
                     if self.active && now < hold_off {
                         if claim.escape_at != Some(hold_off) {
@@ -484,7 +489,8 @@ impl Core {
         // gossip.
         let own = self.own_record();
         let interested = self.view.interested(resource);
-        for addr in interested {
+        let direct = !self.bug(|b| b.no_direct_repair);
+        for addr in interested.into_iter().filter(|_| direct) {
             if addr != self.cfg.addr {
                 self.send_records(addr, std::slice::from_ref(&own));
             }

@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 pub use identity::NodeId;
 pub use lease::{LeaseId, LostReason};
-pub use timing::{CoreConfig, Timing};
+pub use timing::{CoreConfig, PlantedBugs, Timing};
 pub use view::Placement;
 
 use crate::record::{Claim, Record};
@@ -322,7 +322,7 @@ impl Core {
             foca_instance: 0,
             foca_cluster_size: 1,
             runtime: AccumulatingRuntime::new(),
-            view: View::new(cfg.addr),
+            view: View::new(cfg.addr, cfg.boot),
             store,
             rng,
             timers: BinaryHeap::new(),
@@ -377,6 +377,18 @@ impl Core {
         )
     }
 
+    /// Whether a planted bug is on (always false without the `planted-bugs` feature).
+    #[cfg(feature = "planted-bugs")]
+    pub(crate) fn bug(&self, which: fn(&PlantedBugs) -> bool) -> bool {
+        which(&self.cfg.bugs)
+    }
+
+    #[cfg(not(feature = "planted-bugs"))]
+    #[inline(always)]
+    pub(crate) fn bug(&self, _which: fn(&PlantedBugs) -> bool) -> bool {
+        false
+    }
+
     // ---------------------------------------------------------------- accessors
 
     /// This node's current foca identity.
@@ -419,6 +431,11 @@ impl Core {
         self.view.members.values()
     }
 
+    /// How many live members (alive or suspect) this node sees, itself excluded.
+    pub fn live_members(&self) -> usize {
+        self.view.members.len()
+    }
+
     /// foca's membership, including members held as down, with their states.
     pub fn membership(&self) -> impl Iterator<Item = &Member<NodeId>> {
         self.foca.iter_membership_state()
@@ -437,6 +454,12 @@ impl Core {
     /// This node's own record.
     pub fn own_record(&self) -> Record {
         self.store.borrow().records[&self.cfg.addr].clone()
+    }
+
+    /// A hash of this node's view (live members and their record versions): equal on
+    /// nodes that believe the same.
+    pub fn view_fingerprint(&self) -> u64 {
+        self.view.fingerprint()
     }
 
     /// Live members whose current record this node lacks.
@@ -741,7 +764,7 @@ impl Core {
             OwnedNotification::MemberDown(id) => {
                 debug!(member = %id.addr, boot = id.boot, "member down");
                 if self.view.members.get(&id.addr) == Some(&id) {
-                    self.view.members.remove(&id.addr);
+                    self.view.remove_member(&id.addr);
                     self.store.borrow_mut().records.remove(&id.addr);
                     self.reindex(now, id.addr);
                     self.events.push_back(Event::MemberDown(id));
@@ -762,7 +785,7 @@ impl Core {
                             store.records.remove(&old.addr);
                         }
                     }
-                    self.view.members.insert(new.addr, new);
+                    self.view.insert_member(new);
                     self.reindex(now, new.addr);
                     if old.boot != new.boot {
                         self.events.push_back(Event::MemberDown(old));
@@ -796,7 +819,7 @@ impl Core {
     }
 
     fn member_up(&mut self, now: Duration, id: NodeId) {
-        self.view.members.insert(id.addr, id);
+        self.view.insert_member(id);
         {
             let mut store = self.store.borrow_mut();
             if store
@@ -814,6 +837,9 @@ impl Core {
     }
 
     fn push_own_record(&mut self, to: SocketAddr) {
+        if self.bug(|b| b.no_direct_repair) {
+            return;
+        }
         let own = self.own_record();
         self.send_records(to, &[own]);
     }
@@ -853,7 +879,7 @@ impl Core {
         self.view_confirmed = false;
         let gone: Vec<NodeId> = self.view.members.values().copied().collect();
         for id in gone {
-            self.view.members.remove(&id.addr);
+            self.view.remove_member(&id.addr);
             self.store.borrow_mut().records.remove(&id.addr);
             self.reindex(now, id.addr);
             self.events.push_back(Event::MemberDown(id));
@@ -942,13 +968,16 @@ impl Core {
     // ---------------------------------------------------------------- after each input
 
     fn after_input(&mut self, now: Duration) {
+        if self.bug(|b| b.suspect_is_gone) {
+            self.drop_suspects(now);
+        }
         // Records that arrived by any path.
         let changed = std::mem::take(&mut self.store.borrow_mut().changed);
         self.stats.invalid_records = self.store.borrow().invalid;
         for addr in changed {
             self.reindex(now, addr);
         }
-        if !self.ready && self.synced(now) {
+        if !self.ready && (self.synced(now) || (self.active && self.bug(|b| b.acquire_before_synced))) {
             self.set_ready(now);
         }
         self.check_superseded(now);
@@ -973,6 +1002,36 @@ impl Core {
             for addr in changed {
                 self.reindex(now, addr);
             }
+        }
+    }
+
+    /// Planted bug: the live set follows foca's *alive* members only.
+    fn drop_suspects(&mut self, now: Duration) {
+        let alive: BTreeMap<SocketAddr, NodeId> = self
+            .foca
+            .iter_members()
+            .filter(|m| m.state() == foca::State::Alive)
+            .map(|m| (m.id().addr, *m.id()))
+            .collect();
+        let gone: Vec<SocketAddr> = self
+            .view
+            .members
+            .keys()
+            .filter(|a| !alive.contains_key(a))
+            .copied()
+            .collect();
+        let back: Vec<NodeId> = alive
+            .values()
+            .filter(|id| !self.view.members.contains_key(&id.addr))
+            .copied()
+            .collect();
+        for addr in gone {
+            self.view.remove_member(&addr);
+            self.reindex(now, addr);
+        }
+        for id in back {
+            self.view.insert_member(id);
+            self.reindex(now, id.addr);
         }
     }
 

@@ -28,6 +28,9 @@ const MAX_VERSION_ENTRIES: usize = (MAX_DATAGRAM - 64) / 30;
 
 impl Core {
     pub(super) fn pull_missing(&mut self, now: Duration) {
+        if self.bug(|b| b.no_direct_repair) {
+            return;
+        }
         let retry = self.cfg.timing.anti_entropy_interval / 2;
         let first_wait = self.cfg.timing.repair_interval;
         let due: Vec<SocketAddr> = self
@@ -61,7 +64,7 @@ impl Core {
     }
 
     pub(super) fn send_digest(&mut self, _now: Duration) {
-        if self.view.members.is_empty() || self.leaving {
+        if self.view.members.is_empty() || self.leaving || self.bug(|b| b.no_direct_repair) {
             return;
         }
         let pick = self.rng.random_range(0..self.view.members.len());

@@ -119,6 +119,24 @@ pub struct CoreConfig {
     pub step_down_backoff: Duration,
     /// Seed of the core's random choices (foca's and its own).
     pub rng_seed: u64,
+    /// Deliberate bugs, for the simulator's own tests.
+    #[cfg(feature = "planted-bugs")]
+    pub bugs: PlantedBugs,
+}
+
+/// Deliberate bugs the simulator plants to prove its checkers catch them. They take
+/// effect only in builds with the `planted-bugs` feature.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// Acquire without waiting to be synced.
+    pub acquire_before_synced: bool,
+    /// Keep holding when displaced.
+    pub never_yield_when_displaced: bool,
+    /// Treat suspected members as gone.
+    pub suspect_is_gone: bool,
+    /// No direct record repair: records move only by foca broadcast.
+    pub no_direct_repair: bool,
 }
 
 impl CoreConfig {
@@ -134,6 +152,8 @@ impl CoreConfig {
             handoff_timeout: Duration::from_secs(5),
             step_down_backoff: Duration::from_secs(5),
             rng_seed: boot ^ 0x9e37_79b9_7f4a_7c15,
+            #[cfg(feature = "planted-bugs")]
+            bugs: PlantedBugs::default(),
         }
     }
 }

@@ -155,6 +155,8 @@ pub(crate) struct View {
     by_name: BTreeMap<String, BTreeSet<(u64, SocketAddr)>>,
     /// XOR of entry hashes per bucket over valid records.
     digest: [u64; BUCKETS],
+    /// XOR of `(addr, boot)` hashes over live members.
+    member_hash: u64,
 }
 
 /// When a missing record was first noticed and last requested.
@@ -194,7 +196,7 @@ pub(crate) fn entry_hash(addr: &SocketAddr, boot: u64, version: u64) -> u64 {
 }
 
 impl View {
-    pub fn new(own: SocketAddr) -> Self {
+    pub fn new(own: SocketAddr, boot: u64) -> Self {
         View {
             own,
             members: BTreeMap::new(),
@@ -203,7 +205,34 @@ impl View {
             resources: BTreeMap::new(),
             by_name: BTreeMap::new(),
             digest: [0; BUCKETS],
+            // This node counts as a member of its own view, so equal views hash equal.
+            member_hash: entry_hash(&own, boot, 0),
         }
+    }
+
+    /// Adds a live member (replacing an older identity at its address).
+    pub fn insert_member(&mut self, id: NodeId) {
+        if let Some(old) = self.members.insert(id.addr, id) {
+            self.member_hash ^= entry_hash(&old.addr, old.boot, 0);
+        }
+        self.member_hash ^= entry_hash(&id.addr, id.boot, 0);
+    }
+
+    /// Removes a live member.
+    pub fn remove_member(&mut self, addr: &SocketAddr) -> Option<NodeId> {
+        let old = self.members.remove(addr)?;
+        self.member_hash ^= entry_hash(&old.addr, old.boot, 0);
+        Some(old)
+    }
+
+    /// Equal on nodes with equal views: the same live members and the same record
+    /// versions of them.
+    pub fn fingerprint(&self) -> u64 {
+        let mut bytes = [0u8; 8 * (BUCKETS + 1)];
+        for (i, b) in self.digest.iter().chain([&self.member_hash]).enumerate() {
+            bytes[i * 8..i * 8 + 8].copy_from_slice(&b.to_le_bytes());
+        }
+        xxhash_rust::xxh3::xxh3_64(&bytes)
     }
 
     pub fn is_live(&self, addr: &SocketAddr) -> bool {

@@ -1,0 +1,454 @@
+//! The invariant checkers. They run as events happen, on incremental state, so a
+//! 1000-node run stays fast; `checks` counts every evaluation so a fast run cannot come
+//! from skipped checks.
+//!
+//! | id | invariant | promise |
+//! |---|---|---|
+//! | S1 | `bounded-owners-per-view` | among up nodes with identical views (same live members, same record versions), nodes holding `r` that were not told to stop ≤ tickets |
+//! | S2 | `bounded-owners-per-stable-component` | in a network component (a clique of the true network) with no fault for the settle time and loss ≤ 5 %, holders of `r` among its up nodes ≤ tickets |
+//! | P1 | `planned-move-bounded-owners` | with no fault for the settle time and a lossless network, holders of `r` ≤ tickets at every instant, through joins, releases and leaves |
+//! | L1 | `convergence-after-heal` | within 30 s of the heal, every up node sees every up node, all views are equal, and each resource has min(tickets, candidates) holders, the desired ones |
+//! | L2 | `failover-after-crash` | after a holder crashes on a healthy network, another holder appears within suspicion + probe period + 2 s |
+//! | L3 | `no-flap-when-stable` | once converged after the heal, with loss ≤ 5 %, no ownership changes |
+//! | H1 | `every-node-becomes-active` | an up node with no fault since it started is connected (or alone) within 15 s |
+//! | H2 | `members-within-addresses` | no node's membership exceeds the distinct addresses |
+//! | C | `coverage:*` | a run whose plan partitions the network dropped packets at a partition; an owner crash hit an owner |
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::net::Partition;
+use crate::scenario::{MS, Plan, S};
+use crate::world::{World, resource_name};
+
+/// Settle time: how long the network must be free of faults before S2 and P1 apply.
+pub const SETTLE: u64 = 20 * S;
+/// L1's bound.
+pub const CONVERGE_WITHIN: u64 = 30 * S;
+/// L2's bound: the LAN profile's suspicion (1 s) + probe period (200 ms) + 2 s.
+pub const FAILOVER_WITHIN: u64 = 3200 * MS;
+/// How long L1's condition must hold before the fleet counts as converged (covers a
+/// suspicion still running when the views first look equal).
+pub const HOLD: u64 = 3 * S;
+/// H1's bound.
+pub const ACTIVE_WITHIN: u64 = 15 * S;
+
+/// One invariant that failed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Violation {
+    pub invariant: String,
+    pub at_ms: u64,
+    pub detail: String,
+}
+
+/// Fault effects, summed over a batch for "sometimes" coverage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Effects {
+    /// Members declared down while a partition was active.
+    pub partition_downs: u64,
+    /// Crashes that hit a holder.
+    pub owner_crashes: u64,
+    /// Heals that found views or owners diverged.
+    pub heals_diverged: u64,
+    /// Acquisitions by a node with a drifting clock.
+    pub drift_acquisitions: u64,
+    /// Pauses that froze a holder.
+    pub paused_holders: u64,
+}
+
+/// Checker state.
+#[derive(Debug)]
+pub struct Checks {
+    tickets: Vec<u16>,
+    /// Holders per (view fingerprint, resource).
+    fp_holders: BTreeMap<(u64, usize), u32>,
+    pub violations: Vec<Violation>,
+    pub checks: u64,
+    boot_end: u64,
+    last_disturbance: u64,
+    last_partition_change: u64,
+    lossless: bool,
+    /// Converging since (bootstrap: 0; then the heal), and whether it is the final phase.
+    converge_from: Option<(u64, bool)>,
+    pub heal_convergence_ms: Option<u64>,
+    pub boot_convergence_ms: Option<u64>,
+    converged_once: bool,
+    converged_since: Option<u64>,
+    stable_after: Option<u64>,
+    pending_failover: Vec<Option<u64>>,
+    pub failovers: Vec<u64>,
+    last_yield: Vec<Option<u64>>,
+    pub handoffs: Vec<u64>,
+    pub ownership_changes: u64,
+    pub false_downs: u64,
+    pub effects: Effects,
+    stable_loss: bool,
+    ongoing: bool,
+}
+
+impl Checks {
+    pub fn new(plan: &Plan) -> Self {
+        let resources = plan.tickets.len();
+        Checks {
+            tickets: plan.tickets.clone(),
+            fp_holders: BTreeMap::new(),
+            violations: Vec::new(),
+            checks: 0,
+            boot_end: plan.boot_end,
+            last_disturbance: 0,
+            last_partition_change: 0,
+            lossless: plan.loss == 0.0 && plan.duplicate == 0.0 && plan.burst.is_none(),
+            converge_from: Some((0, false)),
+            heal_convergence_ms: None,
+            boot_convergence_ms: None,
+            converged_once: false,
+            converged_since: None,
+            stable_after: None,
+            pending_failover: vec![None; resources],
+            failovers: Vec::new(),
+            last_yield: vec![None; resources],
+            handoffs: Vec::new(),
+            ownership_changes: 0,
+            false_downs: 0,
+            effects: Effects::default(),
+            stable_loss: plan.loss <= 0.05 && plan.burst.is_none(),
+            ongoing: false,
+        }
+    }
+
+    pub fn converging(&self) -> bool {
+        self.converge_from.is_some()
+    }
+
+    /// An ongoing fault (a loss burst) keeps the fleet disturbed until it ends.
+    pub fn disturbing(&mut self, on: bool, at: u64) {
+        self.ongoing = on;
+        self.disturbed(at, false);
+    }
+
+    fn last_disturbance(&self, now: u64) -> u64 {
+        if self.ongoing { now } else { self.last_disturbance }
+    }
+
+    pub fn disturbed(&mut self, at: u64, partition: bool) {
+        self.last_disturbance = self.last_disturbance.max(at);
+        if partition {
+            self.last_partition_change = self.last_partition_change.max(at);
+        }
+        // A fault cancels pending failover bounds: the network is no longer healthy.
+        if at > 0 {
+            for p in &mut self.pending_failover {
+                if p.is_some_and(|t| t < at) {
+                    *p = None;
+                }
+            }
+        }
+    }
+
+    pub fn heal(&mut self, at: u64) {
+        self.converge_from = Some((at, true));
+        self.converged_since = None;
+        self.stable_after = None;
+    }
+
+    pub fn owner_crashed(&mut self, r: usize, at: u64, partitioned: bool) {
+        self.effects.owner_crashes += 1;
+        let healthy =
+            !partitioned && at >= self.last_disturbance(at).max(self.boot_end) + SETTLE;
+        if healthy && self.stable_loss {
+            self.pending_failover[r] = Some(at);
+        }
+    }
+
+    pub fn yielded(&mut self, r: usize, at: u64) {
+        self.last_yield[r] = Some(at);
+    }
+
+    pub fn false_down(&mut self, during_partition: bool) {
+        self.false_downs += 1;
+        if during_partition {
+            self.effects.partition_downs += 1;
+        }
+    }
+
+    pub fn unhold(&mut self, fp: u64, r: usize) {
+        if let Some(n) = self.fp_holders.get_mut(&(fp, r)) {
+            *n -= 1;
+            if *n == 0 {
+                self.fp_holders.remove(&(fp, r));
+            }
+        }
+    }
+
+    fn violate(&mut self, invariant: &str, at: u64, detail: String) {
+        // One report per invariant and resource-second is plenty.
+        if self
+            .violations
+            .iter()
+            .any(|v| v.invariant == invariant && v.at_ms / 1000 == at / S && v.detail == detail)
+        {
+            return;
+        }
+        self.violations.push(Violation {
+            invariant: invariant.to_string(),
+            at_ms: at / MS,
+            detail,
+        });
+    }
+}
+
+impl World {
+    fn hold_in_fp(&mut self, fp: u64, r: usize) {
+        let n = self.checks.fp_holders.entry((fp, r)).or_default();
+        *n += 1;
+        let n = *n;
+        self.checks.checks += 1;
+        if n > u32::from(self.checks.tickets[r]) {
+            let detail = format!(
+                "{} holders of {} among nodes with identical views, tickets {}: {:?}",
+                n,
+                resource_name(r),
+                self.checks.tickets[r],
+                self.holders[r]
+            );
+            self.checks.violate("bounded-owners-per-view", self.now, detail);
+        }
+    }
+
+    pub(crate) fn fp_changed(&mut self, i: u32, fp: u64) {
+        let old = self.nodes[i as usize].fp;
+        self.nodes[i as usize].fp = fp;
+        for r in 0..self.holders.len() {
+            if self.holders[r].contains(&i) && !self.told[r].contains(&i) {
+                self.checks.unhold(old, r);
+                self.hold_in_fp(fp, r);
+            }
+        }
+    }
+
+    pub(crate) fn acquired(&mut self, i: u32, r: usize) {
+        let now = self.now;
+        let fp = self.nodes[i as usize].fp;
+        self.hold_in_fp(fp, r);
+        if self.nodes[i as usize].drift != 0.0 {
+            self.checks.effects.drift_acquisitions += 1;
+        }
+        if self.checks.converged_once {
+            self.checks.ownership_changes += 1;
+        }
+        if let Some(t) = self.checks.pending_failover[r].take() {
+            self.checks.failovers.push(now - t);
+        } else if let Some(t) = self.checks.last_yield[r].take()
+            && now - t < 5 * S
+        {
+            self.checks.handoffs.push(now - t);
+        }
+        if let Some(stable) = self.checks.stable_after
+            && now >= stable
+            && self.checks.stable_loss
+        {
+            self.checks.violate(
+                "no-flap-when-stable",
+                now,
+                format!("n{i} acquired {} after the fleet converged", resource_name(r)),
+            );
+        }
+        self.check_components(Some(r));
+        let quiet = now >= self.checks.boot_end + SETTLE
+            && now >= self.checks.last_disturbance(now) + SETTLE
+            && self.net.partition == Partition::None
+            && self.checks.lossless;
+        if quiet {
+            self.checks.checks += 1;
+            let up = self.holders[r]
+                .iter()
+                .filter(|h| self.nodes[**h as usize].up())
+                .count();
+            if up > usize::from(self.checks.tickets[r]) {
+                let detail = format!(
+                    "{} holders of {} with tickets {}: {:?}",
+                    up,
+                    resource_name(r),
+                    self.checks.tickets[r],
+                    self.holders[r]
+                );
+                self.checks.violate("planned-move-bounded-owners", now, detail);
+            }
+        }
+    }
+
+    /// S2 over the resources given (all when None).
+    fn check_components(&mut self, only: Option<usize>) {
+        let now = self.now;
+        if now < self.checks.last_disturbance(now).max(self.checks.boot_end) + SETTLE
+            || !self.checks.stable_loss
+        {
+            return;
+        }
+        let Some(groups) = self.net.partition.cliques(self.plan.nodes) else {
+            return;
+        };
+        let resources: Vec<usize> = match only {
+            Some(r) => vec![r],
+            None => (0..self.holders.len()).collect(),
+        };
+        for r in resources {
+            self.checks.checks += 1;
+            let mut per_group: BTreeMap<u8, Vec<u32>> = BTreeMap::new();
+            for &h in &self.holders[r] {
+                if self.nodes[h as usize].up() {
+                    per_group.entry(groups[h as usize]).or_default().push(h);
+                }
+            }
+            for (g, hs) in per_group {
+                if hs.len() > usize::from(self.checks.tickets[r]) {
+                    let detail = format!(
+                        "{} holders of {} in stable component {g}, tickets {}: {hs:?}",
+                        hs.len(),
+                        resource_name(r),
+                        self.checks.tickets[r]
+                    );
+                    self.checks.violate("bounded-owners-per-stable-component", now, detail);
+                }
+            }
+        }
+    }
+
+    /// Periodic checks: S2 over everything, L1, L2 deadlines, H1, H2.
+    pub(crate) fn sample(&mut self) {
+        let now = self.now;
+        self.check_components(None);
+        // L2.
+        for r in 0..self.checks.pending_failover.len() {
+            if let Some(t) = self.checks.pending_failover[r] {
+                self.checks.checks += 1;
+                // Only a competing up node that does not hold it yet can take over.
+                let candidates = (0..self.plan.nodes)
+                    .filter(|&i| {
+                        self.nodes[i].up()
+                            && self.competing[i][r]
+                            && !self.holders[r].contains(&(i as u32))
+                    })
+                    .count();
+                if candidates == 0 {
+                    self.checks.pending_failover[r] = None;
+                } else if now > t + FAILOVER_WITHIN {
+                    self.checks.pending_failover[r] = None;
+                    self.checks.violate(
+                        "failover-after-crash",
+                        now,
+                        format!("no new holder of {} within {} ms of the crash", resource_name(r), FAILOVER_WITHIN / MS),
+                    );
+                }
+            }
+        }
+        // H1.
+        for i in 0..self.plan.nodes {
+            let slot = &self.nodes[i];
+            if slot.up()
+                && !slot.ever_active
+                && now > slot.started + ACTIVE_WITHIN
+                && self.checks.last_disturbance(now) < slot.started
+            {
+                self.checks.checks += 1;
+                let detail = format!("n{i} not connected {} s after it started", (now - slot.started) / S);
+                self.checks.violate("every-node-becomes-active", now, detail);
+            }
+        }
+        // H2, every 10 s.
+        if now % (10 * S) < S {
+            for i in 0..self.plan.nodes {
+                if let Some(core) = self.nodes[i].core.as_ref() {
+                    self.checks.checks += 1;
+                    let members = core.membership().count();
+                    if members > self.plan.nodes {
+                        let detail = format!("n{i} holds {members} members for {} addresses", self.plan.nodes);
+                        self.checks.violate("members-within-addresses", now, detail);
+                    }
+                }
+            }
+        }
+        // L1.
+        if let Some((from, final_phase)) = self.checks.converge_from {
+            self.checks.checks += 1;
+            match self.converged() {
+                Ok(()) if now < *self.checks.converged_since.get_or_insert(now) + HOLD => {}
+                Ok(()) => {
+                    let since = self.checks.converged_since.take().unwrap_or(now);
+                    let took = (since - from) / MS;
+                    if final_phase {
+                        self.checks.heal_convergence_ms = Some(took);
+                        self.checks.stable_after = Some(now);
+                    } else {
+                        self.checks.boot_convergence_ms = Some(took);
+                    }
+                    self.checks.converged_once = true;
+                    self.checks.converge_from = None;
+                }
+                Err(why) => {
+                    self.checks.converged_since = None;
+                    if final_phase && now == from + 200 * MS {
+                        self.checks.effects.heals_diverged += 1;
+                    }
+                    let bound = if final_phase { from + CONVERGE_WITHIN } else { self.checks.boot_end + CONVERGE_WITHIN };
+                    if now > bound {
+                        let name = if final_phase { "convergence-after-heal" } else { "convergence-after-boot" };
+                        self.checks.violate(name, now, why);
+                        self.checks.converge_from = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// L1's condition, or what differs.
+    fn converged(&self) -> Result<(), String> {
+        let up: Vec<usize> = (0..self.plan.nodes)
+            .filter(|&i| self.nodes[i].up() && self.nodes[i].paused_until <= self.now)
+            .collect();
+        let Some(&first) = up.first() else {
+            return Ok(());
+        };
+        let fp = self.nodes[first].fp;
+        for &i in &up {
+            let core = self.nodes[i].core.as_ref().expect("up");
+            if core.live_members() != up.len() - 1 {
+                return Err(format!("views differ: n{i} sees {} of {} other members", core.live_members(), up.len() - 1));
+            }
+            if self.nodes[i].fp != fp {
+                return Err(format!("views differ: n{i} and n{first} hold different records"));
+            }
+            if !core.is_ready() {
+                return Err(format!("n{i} is not ready"));
+            }
+        }
+        let core = self.nodes[first].core.as_ref().expect("up");
+        for r in 0..self.holders.len() {
+            let candidates = up.iter().filter(|&&i| self.competing[i][r]).count();
+            let want = candidates.min(usize::from(self.plan.tickets[r]));
+            if self.holders[r].len() != want {
+                return Err(format!(
+                    "{} has {} holders, wants {want}: {:?}",
+                    resource_name(r),
+                    self.holders[r].len(),
+                    self.holders[r]
+                ));
+            }
+            let owners = core.owners(&resource_name(r));
+            if owners.holders != owners.desired {
+                return Err(format!("{} holders are not the desired owners", resource_name(r)));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn finish_checks(&mut self) {
+        if let Some((from, final_phase)) = self.checks.converge_from {
+            if final_phase && self.now >= from + CONVERGE_WITHIN {
+                let why = self.converged().err().unwrap_or_default();
+                self.checks.violate("convergence-after-heal", self.now, why);
+            }
+        }
+    }
+}

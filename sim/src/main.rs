@@ -1,0 +1,210 @@
+//! `sim run | sweep | replay`: see the README's simulator section.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use sim::{RunConfig, Scenario};
+
+#[derive(Parser)]
+#[command(about = "Deterministic simulator for gossip-election fleets")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One run.
+    Run(RunArgs),
+    /// Swarm runs over many seeds.
+    Sweep {
+        /// How many seeds.
+        #[arg(long)]
+        seeds: u64,
+        /// First seed.
+        #[arg(long, default_value_t = 1)]
+        start_seed: u64,
+        /// Largest fleet drawn.
+        #[arg(long, default_value_t = 64)]
+        max_nodes: usize,
+        /// Worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// One JSON line per run, then a summary line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run again, with a JSON-lines trace.
+    Replay {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Where to write the trace (default: stderr).
+        #[arg(long)]
+        trace: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    #[arg(long)]
+    seed: u64,
+    #[arg(long, default_value = "steady")]
+    scenario: String,
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value_t = 0.01)]
+    loss: f64,
+    /// Mean one-way delay (a floor plus random jitter).
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    latency: Duration,
+    #[arg(long)]
+    tickets: Option<u16>,
+    #[arg(long, default_value_t = 4)]
+    resources: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+impl RunArgs {
+    fn config(&self) -> Result<RunConfig, String> {
+        let scenario = Scenario::parse(&self.scenario).ok_or_else(|| {
+            let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+            format!("unknown scenario {:?}; one of {}", self.scenario, names.join(", "))
+        })?;
+        if !(2..=65_000).contains(&self.nodes) {
+            return Err("--nodes must be 2..=65000".into());
+        }
+        if !(0.0..1.0).contains(&self.loss) {
+            return Err("--loss must be in [0, 1)".into());
+        }
+        if self.duration < Duration::from_secs(60) {
+            return Err("--duration must be at least 60s (bootstrap, chaos, then a healed liveness phase)".into());
+        }
+        if self.tickets == Some(0) {
+            return Err("--tickets must be at least 1".into());
+        }
+        if !(1..=32).contains(&self.resources) {
+            return Err("--resources must be 1..=32".into());
+        }
+        let mut config = RunConfig::new(self.seed, self.nodes, scenario);
+        config.duration = self.duration.as_nanos() as u64;
+        config.loss = self.loss;
+        config.latency = (self.latency.as_nanos() as u64).max(1000);
+        config.tickets = self.tickets;
+        config.resources = self.resources;
+        Ok(config)
+    }
+}
+
+fn print_report(report: &sim::Report, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(report).expect("serializable"));
+        return;
+    }
+    let m = &report.metrics;
+    println!(
+        "seed {} {} nodes {} sim {:.0}s wall {:.2}s events {} trace {} checks {}",
+        report.seed,
+        report.scenario.name(),
+        report.nodes,
+        report.sim_seconds,
+        report.wall_seconds,
+        report.events,
+        report.trace_hash,
+        m.checks
+    );
+    println!(
+        "  failover p50/p99/max {:?}/{:?}/{:?} ms, handoff p50/p99 {:?}/{:?} ms, heal convergence {:?} ms",
+        m.failover_ms.p50, m.failover_ms.p99, m.failover_ms.max, m.handoff_ms.p50, m.handoff_ms.p99, m.heal_convergence_ms
+    );
+    println!(
+        "  ownership changes {}, false downs {}, dropped by partition {}, {:.0} B/node/s",
+        m.ownership_changes, m.false_downs, m.dropped_by_partition, m.bytes_per_node_per_s
+    );
+    for v in &report.violations {
+        println!("  VIOLATION {} at {} ms: {}", v.invariant, v.at_ms, v.detail);
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match cli.command {
+        Command::Run(args) => {
+            let config = match args.config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let report = sim::run(&config, None);
+            print_report(&report, args.json);
+            if report.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("reproduce: {}", report.reproduce);
+                ExitCode::from(1)
+            }
+        }
+        Command::Replay { run, trace } => {
+            let config = match run.config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let out: Box<dyn std::io::Write> = match trace {
+                Some(path) => match std::fs::File::create(&path) {
+                    Ok(f) => Box::new(std::io::BufWriter::new(f)),
+                    Err(e) => {
+                        eprintln!("error: cannot create {}: {e}", path.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                None => Box::new(std::io::stderr()),
+            };
+            let report = sim::run(&config, Some(out));
+            print_report(&report, run.json);
+            if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+        Command::Sweep { seeds, start_seed, max_nodes, threads, json } => {
+            if seeds == 0 || max_nodes < 3 {
+                eprintln!("error: --seeds must be at least 1 and --max-nodes at least 3");
+                return ExitCode::from(2);
+            }
+            let summary = sim::sweep(start_seed, seeds, max_nodes, threads, |report| {
+                if json {
+                    print_report(report, true);
+                } else if !report.violations.is_empty() {
+                    print_report(report, false);
+                }
+                if !report.violations.is_empty() {
+                    eprintln!("reproduce: {}", report.reproduce);
+                }
+            });
+            if json {
+                println!("{}", serde_json::json!({ "summary": summary }));
+            } else {
+                println!(
+                    "{} seeds, {} failed, {} checks, {:.1}s wall{}",
+                    summary.seeds,
+                    summary.failed,
+                    summary.checks,
+                    summary.wall_seconds,
+                    if summary.inert.is_empty() { String::new() } else { format!("; never happened: {}", summary.inert.join(", ")) }
+                );
+            }
+            if summary.failed == 0 && summary.inert.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The network model: per directed link latency (floor + exponential jitter), i.i.d.
+//! loss, Gilbert–Elliott burst loss, duplication, and partitions checked at delivery
+//! time, so packets in flight die when a partition starts.
+
+use std::collections::BTreeMap;
+
+use rand::RngExt;
+use rand::rngs::Xoshiro256PlusPlus;
+
+/// Which directed links are cut.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Partition {
+    /// Everyone reaches everyone.
+    None,
+    /// Symmetric: nodes reach only nodes of their own group.
+    Groups(Vec<u8>),
+    /// One-way: packets from group `from` to group `to` are dropped, the reverse passes.
+    OneWay { group: Vec<u8>, from: u8, to: u8 },
+    /// Two groups that cannot reach each other, and one node that reaches both.
+    Bridge { group: Vec<u8>, bridge: u32 },
+    /// Overlapping majorities: node i reaches j when their ring distance is at most n/4,
+    /// so every node sees a majority and no two see the same one.
+    Ring { nodes: u32 },
+}
+
+impl Partition {
+    /// Whether a packet from `from` to `to` is dropped.
+    pub fn blocks(&self, from: u32, to: u32) -> bool {
+        match self {
+            Partition::None => false,
+            Partition::Groups(g) => g[from as usize] != g[to as usize],
+            Partition::OneWay { group, from: a, to: b } => {
+                group[from as usize] == *a && group[to as usize] == *b
+            }
+            Partition::Bridge { group, bridge } => {
+                from != *bridge && to != *bridge && group[from as usize] != group[to as usize]
+            }
+            Partition::Ring { nodes } => {
+                let d = from.abs_diff(to);
+                d.min(nodes - d) > nodes / 4
+            }
+        }
+    }
+
+    /// The groups of a symmetric partition in which everyone in a group reaches everyone
+    /// else in it (None: the whole fleet is one group). Other shapes have no such groups.
+    pub fn cliques(&self, n: usize) -> Option<Vec<u8>> {
+        match self {
+            Partition::None => Some(vec![0; n]),
+            Partition::Groups(g) => Some(g.clone()),
+            _ => None,
+        }
+    }
+
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Partition::None => "none",
+            Partition::Groups(_) => "groups",
+            Partition::OneWay { .. } => "one-way",
+            Partition::Bridge { .. } => "bridge",
+            Partition::Ring { .. } => "majorities-ring",
+        }
+    }
+}
+
+/// Link behaviour.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Minimum one-way delay, ns.
+    pub latency_floor: u64,
+    /// Mean of the exponential jitter on top, ns.
+    pub latency_jitter: u64,
+    /// i.i.d. loss probability.
+    pub loss: f64,
+    /// Duplication probability.
+    pub duplicate: f64,
+    /// Gilbert–Elliott burst loss: (p enter bad, p leave bad, loss while bad).
+    pub burst: Option<(f64, f64, f64)>,
+}
+
+/// The network state.
+#[derive(Debug)]
+pub struct Net {
+    pub config: NetConfig,
+    pub partition: Partition,
+    /// Extra loss during a loss-burst fault.
+    pub extra_loss: f64,
+    bad_links: BTreeMap<(u32, u32), bool>,
+    rng: Xoshiro256PlusPlus,
+    pub dropped_by_partition: u64,
+    pub dropped_by_loss: u64,
+}
+
+impl Net {
+    pub fn new(config: NetConfig, rng: Xoshiro256PlusPlus) -> Self {
+        Net {
+            config,
+            partition: Partition::None,
+            extra_loss: 0.0,
+            bad_links: BTreeMap::new(),
+            rng,
+            dropped_by_partition: 0,
+            dropped_by_loss: 0,
+        }
+    }
+
+    /// Delays (ns) of the copies of one packet that survive loss: none, one, or two.
+    pub fn transit(&mut self, from: u32, to: u32) -> Vec<u64> {
+        let mut loss = self.config.loss + self.extra_loss;
+        if let Some((enter, leave, bad_loss)) = self.config.burst {
+            let bad = self.bad_links.entry((from, to)).or_insert(false);
+            let flip = if *bad { leave } else { enter };
+            if self.rng.random_bool(flip.clamp(0.0, 1.0)) {
+                *bad = !*bad;
+            }
+            if *bad {
+                loss = loss.max(bad_loss);
+            }
+        }
+        if self.rng.random_bool(loss.clamp(0.0, 1.0)) {
+            self.dropped_by_loss += 1;
+            return Vec::new();
+        }
+        let mut copies = vec![self.delay()];
+        if self.rng.random_bool(self.config.duplicate.clamp(0.0, 1.0)) {
+            copies.push(self.delay());
+        }
+        copies
+    }
+
+    fn delay(&mut self) -> u64 {
+        let jitter = if self.config.latency_jitter == 0 {
+            0.0
+        } else {
+            let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
+            -u.ln() * self.config.latency_jitter as f64
+        };
+        self.config.latency_floor + jitter.min(1e12) as u64
+    }
+
+    /// Checked at delivery: true if the packet must die.
+    pub fn cut(&mut self, from: u32, to: u32) -> bool {
+        let cut = self.partition.blocks(from, to);
+        if cut {
+            self.dropped_by_partition += 1;
+        }
+        cut
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_gives_every_node_a_different_majority() {
+        let p = Partition::Ring { nodes: 8 };
+        for i in 0..8 {
+            let seen = (0..8).filter(|&j| !p.blocks(i, j)).count();
+            assert!(seen > 4, "node {i} sees {seen}");
+        }
+        assert!(p.blocks(0, 4));
+        assert!(!p.blocks(0, 2));
+    }
+
+    #[test]
+    fn one_way_blocks_one_direction_only() {
+        let p = Partition::OneWay { group: vec![0, 0, 1], from: 0, to: 1 };
+        assert!(p.blocks(0, 2));
+        assert!(!p.blocks(2, 0));
+    }
+}

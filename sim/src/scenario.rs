@@ -1,0 +1,363 @@
+//! Scenarios: what faults and workload a run gets, drawn from its seed.
+
+use rand::RngExt;
+use rand::rngs::Xoshiro256PlusPlus;
+use serde::Serialize;
+
+use crate::net::Partition;
+
+/// Nanoseconds.
+pub const MS: u64 = 1_000_000;
+/// Nanoseconds.
+pub const S: u64 = 1_000_000_000;
+
+/// The named scenarios.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// No faults: bootstrap, then nothing but the configured loss.
+    Steady,
+    /// The holder of a resource crashes every 20 s and restarts 10 s later.
+    CrashOwner,
+    /// Two halves, then a heal, then an owner crash.
+    PartitionHalves,
+    /// A third cut from the rest, then a heal, then an owner crash.
+    PartitionMinority,
+    /// The holder of `r0` is cut from everyone for 20 s, every 40 s.
+    IsolateOwner,
+    /// Every 5 s the next node restarts (new boot, same name and address).
+    RollingRestart,
+    /// Nodes withdraw and re-obtain resources every 2 s; a crash and restart every 30 s.
+    Churn,
+    /// A random mix of faults, network and workload, drawn per seed.
+    Swarm,
+}
+
+impl Scenario {
+    /// Every scenario, in CLI order.
+    pub const ALL: [Scenario; 8] = [
+        Scenario::Steady,
+        Scenario::CrashOwner,
+        Scenario::PartitionHalves,
+        Scenario::PartitionMinority,
+        Scenario::IsolateOwner,
+        Scenario::RollingRestart,
+        Scenario::Churn,
+        Scenario::Swarm,
+    ];
+
+    /// The CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Steady => "steady",
+            Scenario::CrashOwner => "crash-owner",
+            Scenario::PartitionHalves => "partition-halves",
+            Scenario::PartitionMinority => "partition-minority",
+            Scenario::IsolateOwner => "isolate-owner",
+            Scenario::RollingRestart => "rolling-restart",
+            Scenario::Churn => "churn",
+            Scenario::Swarm => "swarm",
+        }
+    }
+
+    /// Parses a CLI name.
+    pub fn parse(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Whether the scenario cuts the network (so a partition must drop something).
+    pub fn partitions(self) -> bool {
+        matches!(
+            self,
+            Scenario::PartitionHalves | Scenario::PartitionMinority | Scenario::IsolateOwner
+        )
+    }
+}
+
+/// A scheduled fault.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// Drop the node's instance.
+    Crash(u32),
+    /// Start a new instance (new boot, same name and address).
+    Restart(u32),
+    /// Crash whoever holds the resource (its first holder in rank order), restarting it
+    /// after the given delay (ns).
+    CrashHolder { resource: usize, restart_after: u64 },
+    /// Cut the network.
+    Partition(Partition),
+    /// Cut the holder of the resource from everyone.
+    IsolateHolder(usize),
+    /// Remove partitions.
+    HealNetwork,
+    /// Freeze a node for a while (ns).
+    Pause { node: u32, duration: u64 },
+    /// Freeze the holder of a resource for a while (ns).
+    PauseHolder { resource: usize, duration: u64 },
+    /// Set a node's clock-rate drift.
+    Drift { node: u32, rate: f64 },
+    /// Extra loss on every link until the next `LossBurstEnd`.
+    LossBurst(f64),
+    /// End of a loss burst.
+    LossBurstEnd,
+    /// A node stops competing for a resource.
+    Withdraw { node: u32, resource: usize },
+    /// A node competes (again) for a resource.
+    Obtain { node: u32, resource: usize },
+    /// End of the chaos phase: heal everything, restart crashed nodes, stop drift.
+    Heal,
+}
+
+/// Everything a run is made of, derived from the seed and the command line.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub nodes: usize,
+    pub duration: u64,
+    pub boot_end: u64,
+    pub heal_at: u64,
+    pub tickets: Vec<u16>,
+    /// `competes[node][resource]` at start.
+    pub competes: Vec<Vec<bool>>,
+    pub faults: Vec<(u64, Fault)>,
+    pub loss: f64,
+    pub duplicate: f64,
+    pub latency_mean: u64,
+    pub burst: Option<(f64, f64, f64)>,
+    /// Seconds over which nodes start.
+    pub stagger: u64,
+    /// Fault kinds the plan contains (for coverage).
+    pub kinds: Vec<&'static str>,
+}
+
+/// Inputs of [`plan`].
+#[derive(Clone, Debug)]
+pub struct PlanInput {
+    pub scenario: Scenario,
+    pub nodes: usize,
+    pub duration: u64,
+    pub loss: f64,
+    pub latency_mean: u64,
+    pub tickets: Option<u16>,
+    pub resources: usize,
+}
+
+fn pick(rng: &mut Xoshiro256PlusPlus, n: usize) -> u32 {
+    rng.random_range(0..n as u32)
+}
+
+/// Draws a run's plan.
+pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
+    let n = input.nodes;
+    let resources = input.resources.max(1);
+    let swarm = input.scenario == Scenario::Swarm;
+    let tickets: Vec<u16> = (0..resources)
+        .map(|_| input.tickets.unwrap_or_else(|| if swarm { rng.random_range(1..=3) } else { 1 }))
+        .collect();
+    let competes: Vec<Vec<bool>> = (0..n)
+        .map(|_| {
+            (0..resources)
+                .map(|_| !swarm || rng.random_bool(0.8))
+                .collect()
+        })
+        .collect();
+    let boot_end = 10 * S;
+    let heal_at = input.duration.saturating_sub(45 * S).max(boot_end + 15 * S);
+    let c0 = boot_end + 5 * S;
+    let c1 = heal_at;
+    let mut faults: Vec<(u64, Fault)> = Vec::new();
+    let mut kinds: Vec<&'static str> = Vec::new();
+    let (mut loss, mut duplicate, mut latency_mean, mut burst) =
+        (input.loss, 0.0, input.latency_mean, None);
+    let mut stagger = 1;
+    match input.scenario {
+        Scenario::Steady => {}
+        Scenario::CrashOwner => {
+            kinds.push("crash-owner");
+            let mut t = c0;
+            while t + 12 * S < c1 {
+                let resource = rng.random_range(0..resources);
+                faults.push((t, Fault::CrashHolder { resource, restart_after: 10 * S }));
+                t += 20 * S;
+            }
+        }
+        Scenario::PartitionHalves | Scenario::PartitionMinority => {
+            kinds.push("partition");
+            kinds.push("crash-owner");
+            let group: Vec<u8> = if input.scenario == Scenario::PartitionHalves {
+                (0..n).map(|i| u8::from(i >= n / 2)).collect()
+            } else {
+                let mut g = vec![0u8; n];
+                let third = (n / 3).max(1);
+                let mut chosen = 0;
+                while chosen < third {
+                    let i = pick(rng, n) as usize;
+                    if g[i] == 0 {
+                        g[i] = 1;
+                        chosen += 1;
+                    }
+                }
+                g
+            };
+            let span = c1 - c0;
+            faults.push((c0, Fault::Partition(Partition::Groups(group))));
+            faults.push((c0 + (span / 2).min(120 * S), Fault::HealNetwork));
+            faults.push((
+                c0 + span * 3 / 4,
+                Fault::CrashHolder { resource: 0, restart_after: 10 * S },
+            ));
+        }
+        Scenario::IsolateOwner => {
+            kinds.push("partition");
+            let mut t = c0;
+            while t + 25 * S < c1 {
+                faults.push((t, Fault::IsolateHolder(0)));
+                faults.push((t + 20 * S, Fault::HealNetwork));
+                t += 40 * S;
+            }
+        }
+        Scenario::RollingRestart => {
+            kinds.push("restart");
+            let mut t = c0;
+            let mut i = 0;
+            while t + S < c1 {
+                faults.push((t, Fault::Crash(i as u32)));
+                faults.push((t + 500 * MS, Fault::Restart(i as u32)));
+                i = (i + 1) % n;
+                t += 5 * S;
+            }
+        }
+        Scenario::Churn => {
+            kinds.push("churn");
+            kinds.push("restart");
+            let mut t = c0;
+            let mut k = 0;
+            while t < c1 {
+                let node = pick(rng, n);
+                let resource = rng.random_range(0..resources);
+                faults.push((t, Fault::Withdraw { node, resource }));
+                faults.push((t + rng.random_range(1..10) * S, Fault::Obtain { node, resource }));
+                if k % 15 == 14 {
+                    let victim = pick(rng, n);
+                    faults.push((t, Fault::Crash(victim)));
+                    faults.push((t + 3 * S, Fault::Restart(victim)));
+                }
+                k += 1;
+                t += 2 * S;
+            }
+        }
+        Scenario::Swarm => {
+            loss = [0.0, 0.0, 0.01, 0.02, 0.05, 0.1][rng.random_range(0..6)];
+            duplicate = if rng.random_bool(0.5) { rng.random_range(0.0..0.05) } else { 0.0 };
+            latency_mean = rng.random_range(1..=20) * MS;
+            if rng.random_bool(0.25) {
+                burst = Some((0.001, 0.2, 0.5));
+            }
+            if rng.random_bool(0.5) {
+                stagger = rng.random_range(1..=8);
+            }
+            let enabled: Vec<&'static str> = [
+                "partition", "crash", "crash-owner", "pause", "drift", "loss-burst", "churn",
+            ]
+            .into_iter()
+            .filter(|_| rng.random_bool(0.5))
+            .collect();
+            kinds = enabled.clone();
+            let mut t = c0;
+            while !enabled.is_empty() && t < c1 {
+                let kind = enabled[rng.random_range(0..enabled.len())];
+                let lasting = rng.random_range(5..40) * S;
+                let end = (t + lasting).min(c1);
+                match kind {
+                    "partition" => {
+                        let shape = random_partition(rng, n);
+                        faults.push((t, Fault::Partition(shape)));
+                        faults.push((end, Fault::HealNetwork));
+                    }
+                    "crash" => {
+                        let node = pick(rng, n);
+                        faults.push((t, Fault::Crash(node)));
+                        if rng.random_bool(0.7) {
+                            faults.push((end, Fault::Restart(node)));
+                        }
+                    }
+                    "crash-owner" => {
+                        let resource = rng.random_range(0..resources);
+                        faults.push((t, Fault::CrashHolder { resource, restart_after: lasting }));
+                    }
+                    "pause" => {
+                        let duration = rng.random_range(200..5000) * MS;
+                        if rng.random_bool(0.5) {
+                            let resource = rng.random_range(0..resources);
+                            faults.push((t, Fault::PauseHolder { resource, duration }));
+                        } else {
+                            faults.push((t, Fault::Pause { node: pick(rng, n), duration }));
+                        }
+                    }
+                    "drift" => {
+                        let rate = if rng.random_bool(0.8) {
+                            rng.random_range(-0.0005..0.0005)
+                        } else if rng.random_bool(0.5) {
+                            0.05
+                        } else {
+                            -0.05
+                        };
+                        faults.push((t, Fault::Drift { node: pick(rng, n), rate }));
+                    }
+                    "loss-burst" => {
+                        faults.push((t, Fault::LossBurst(rng.random_range(0.2..0.5))));
+                        faults.push((end, Fault::LossBurstEnd));
+                    }
+                    _ => {
+                        let node = pick(rng, n);
+                        let resource = rng.random_range(0..resources);
+                        faults.push((t, Fault::Withdraw { node, resource }));
+                        faults.push((end, Fault::Obtain { node, resource }));
+                    }
+                }
+                t = end + rng.random_range(1..15) * S;
+            }
+        }
+    }
+    faults.push((heal_at, Fault::Heal));
+    faults.sort_by_key(|(t, _)| *t);
+    Plan {
+        nodes: n,
+        duration: input.duration,
+        boot_end,
+        heal_at,
+        tickets,
+        competes,
+        faults,
+        loss,
+        duplicate,
+        latency_mean,
+        burst,
+        stagger,
+        kinds,
+    }
+}
+
+fn random_partition(rng: &mut Xoshiro256PlusPlus, n: usize) -> Partition {
+    let random_groups = |rng: &mut Xoshiro256PlusPlus, p: f64| -> Vec<u8> {
+        let mut g: Vec<u8> = (0..n).map(|_| u8::from(rng.random_bool(p))).collect();
+        if g.iter().all(|x| *x == g[0]) {
+            g[0] = 1 - g[0];
+        }
+        g
+    };
+    match rng.random_range(0..6) {
+        0 => Partition::Groups((0..n).map(|i| u8::from(i >= n / 2)).collect()),
+        1 => Partition::Groups(random_groups(rng, 0.33)),
+        2 => {
+            let mut g = vec![0u8; n];
+            g[pick(rng, n) as usize] = 1;
+            Partition::Groups(g)
+        }
+        3 if n >= 5 => Partition::Ring { nodes: n as u32 },
+        4 if n >= 3 => {
+            let bridge = pick(rng, n);
+            Partition::Bridge { group: random_groups(rng, 0.5), bridge }
+        }
+        _ => Partition::OneWay { group: random_groups(rng, 0.5), from: 0, to: 1 },
+    }
+}
