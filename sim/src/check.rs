@@ -128,7 +128,11 @@ impl Checks {
     }
 
     fn last_disturbance(&self, now: u64) -> u64 {
-        if self.ongoing { now } else { self.last_disturbance }
+        if self.ongoing {
+            now
+        } else {
+            self.last_disturbance
+        }
     }
 
     pub fn disturbed(&mut self, at: u64, partition: bool) {
@@ -154,8 +158,7 @@ impl Checks {
 
     pub fn owner_crashed(&mut self, r: usize, at: u64, partitioned: bool) {
         self.effects.owner_crashes += 1;
-        let healthy =
-            !partitioned && at >= self.last_disturbance(at).max(self.boot_end) + SETTLE;
+        let healthy = !partitioned && at >= self.last_disturbance(at).max(self.boot_end) + SETTLE;
         if healthy && self.stable_loss {
             self.pending_failover[r] = Some(at);
         }
@@ -212,7 +215,8 @@ impl World {
                 self.checks.tickets[r],
                 self.holders[r]
             );
-            self.checks.violate("bounded-owners-per-view", self.now, detail);
+            self.checks
+                .violate("bounded-owners-per-view", self.now, detail);
         }
     }
 
@@ -251,7 +255,10 @@ impl World {
             self.checks.violate(
                 "no-flap-when-stable",
                 now,
-                format!("n{i} acquired {} after the fleet converged", resource_name(r)),
+                format!(
+                    "n{i} acquired {} after the fleet converged",
+                    resource_name(r)
+                ),
             );
         }
         self.check_components(Some(r));
@@ -273,7 +280,8 @@ impl World {
                     self.checks.tickets[r],
                     self.holders[r]
                 );
-                self.checks.violate("planned-move-bounded-owners", now, detail);
+                self.checks
+                    .violate("planned-move-bounded-owners", now, detail);
             }
         }
     }
@@ -309,7 +317,8 @@ impl World {
                         resource_name(r),
                         self.checks.tickets[r]
                     );
-                    self.checks.violate("bounded-owners-per-stable-component", now, detail);
+                    self.checks
+                        .violate("bounded-owners-per-stable-component", now, detail);
                 }
             }
         }
@@ -338,7 +347,11 @@ impl World {
                     self.checks.violate(
                         "failover-after-crash",
                         now,
-                        format!("no new holder of {} within {} ms of the crash", resource_name(r), FAILOVER_WITHIN / MS),
+                        format!(
+                            "no new holder of {} within {} ms of the crash",
+                            resource_name(r),
+                            FAILOVER_WITHIN / MS
+                        ),
                     );
                 }
             }
@@ -352,8 +365,12 @@ impl World {
                 && self.checks.last_disturbance(now) < slot.started
             {
                 self.checks.checks += 1;
-                let detail = format!("n{i} not connected {} s after it started", (now - slot.started) / S);
-                self.checks.violate("every-node-becomes-active", now, detail);
+                let detail = format!(
+                    "n{i} not connected {} s after it started",
+                    (now - slot.started) / S
+                );
+                self.checks
+                    .violate("every-node-becomes-active", now, detail);
             }
         }
         // H2, every 10 s.
@@ -363,7 +380,10 @@ impl World {
                     self.checks.checks += 1;
                     let members = core.membership().count();
                     if members > self.plan.nodes {
-                        let detail = format!("n{i} holds {members} members for {} addresses", self.plan.nodes);
+                        let detail = format!(
+                            "n{i} holds {members} members for {} addresses",
+                            self.plan.nodes
+                        );
                         self.checks.violate("members-within-addresses", now, detail);
                     }
                 }
@@ -391,9 +411,17 @@ impl World {
                     if final_phase && now == from + 200 * MS {
                         self.checks.effects.heals_diverged += 1;
                     }
-                    let bound = if final_phase { from + CONVERGE_WITHIN } else { self.checks.boot_end + CONVERGE_WITHIN };
+                    let bound = if final_phase {
+                        from + CONVERGE_WITHIN
+                    } else {
+                        self.checks.boot_end + CONVERGE_WITHIN
+                    };
                     if now > bound {
-                        let name = if final_phase { "convergence-after-heal" } else { "convergence-after-boot" };
+                        let name = if final_phase {
+                            "convergence-after-heal"
+                        } else {
+                            "convergence-after-boot"
+                        };
                         self.checks.violate(name, now, why);
                         self.checks.converge_from = None;
                     }
@@ -414,10 +442,16 @@ impl World {
         for &i in &up {
             let core = self.nodes[i].core.as_ref().expect("up");
             if core.live_members() != up.len() - 1 {
-                return Err(format!("views differ: n{i} sees {} of {} other members", core.live_members(), up.len() - 1));
+                return Err(format!(
+                    "views differ: n{i} sees {} of {} other members",
+                    core.live_members(),
+                    up.len() - 1
+                ));
             }
             if self.nodes[i].fp != fp {
-                return Err(format!("views differ: n{i} and n{first} hold different records"));
+                return Err(format!(
+                    "views differ: n{i} and n{first} hold different records"
+                ));
             }
             if !core.is_ready() {
                 return Err(format!("n{i} is not ready"));
@@ -437,18 +471,21 @@ impl World {
             }
             let owners = core.owners(&resource_name(r));
             if owners.holders != owners.desired {
-                return Err(format!("{} holders are not the desired owners", resource_name(r)));
+                return Err(format!(
+                    "{} holders are not the desired owners",
+                    resource_name(r)
+                ));
             }
         }
         Ok(())
     }
 
     pub(crate) fn finish_checks(&mut self) {
-        if let Some((from, final_phase)) = self.checks.converge_from {
-            if final_phase && self.now >= from + CONVERGE_WITHIN {
-                let why = self.converged().err().unwrap_or_default();
-                self.checks.violate("convergence-after-heal", self.now, why);
-            }
+        if let Some((from, true)) = self.checks.converge_from
+            && self.now >= from + CONVERGE_WITHIN
+        {
+            let why = self.converged().err().unwrap_or_default();
+            self.checks.violate("convergence-after-heal", self.now, why);
         }
     }
 }

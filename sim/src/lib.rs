@@ -93,7 +93,11 @@ impl Percentiles {
         let mut v = ns.to_vec();
         v.sort_unstable();
         let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64 / MS as f64;
-        Percentiles { p50: Some(at(0.5)), p99: Some(at(0.99)), max: Some(at(1.0)) }
+        Percentiles {
+            p50: Some(at(0.5)),
+            p99: Some(at(0.99)),
+            max: Some(at(1.0)),
+        }
     }
 }
 
@@ -150,7 +154,10 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
     let mut w = world::World::new(plan, config.seed, config.bugs, trace);
     w.run();
     let mut violations = std::mem::take(&mut w.checks.violations);
-    if kinds.contains(&"partition") && w.net.dropped_by_partition == 0 && config.scenario != Scenario::Swarm {
+    if kinds.contains(&"partition")
+        && w.net.dropped_by_partition == 0
+        && config.scenario != Scenario::Swarm
+    {
         violations.push(Violation {
             invariant: "coverage:partition-dropped-nothing".into(),
             at_ms: w.now / MS,
@@ -248,7 +255,10 @@ pub fn sweep(
             }
         }
     });
-    let mut summary = Summary { seeds, ..Summary::default() };
+    let mut summary = Summary {
+        seeds,
+        ..Summary::default()
+    };
     for report in reports.into_iter().flatten() {
         each(&report);
         summary.failed += u64::from(!report.violations.is_empty());

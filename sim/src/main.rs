@@ -72,7 +72,11 @@ impl RunArgs {
     fn config(&self) -> Result<RunConfig, String> {
         let scenario = Scenario::parse(&self.scenario).ok_or_else(|| {
             let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
-            format!("unknown scenario {:?}; one of {}", self.scenario, names.join(", "))
+            format!(
+                "unknown scenario {:?}; one of {}",
+                self.scenario,
+                names.join(", ")
+            )
         })?;
         if !(2..=65_000).contains(&self.nodes) {
             return Err("--nodes must be 2..=65000".into());
@@ -81,7 +85,10 @@ impl RunArgs {
             return Err("--loss must be in [0, 1)".into());
         }
         if self.duration < Duration::from_secs(60) {
-            return Err("--duration must be at least 60s (bootstrap, chaos, then a healed liveness phase)".into());
+            return Err(
+                "--duration must be at least 60s (bootstrap, chaos, then a healed liveness phase)"
+                    .into(),
+            );
         }
         if self.tickets == Some(0) {
             return Err("--tickets must be at least 1".into());
@@ -118,14 +125,22 @@ fn print_report(report: &sim::Report, json: bool) {
     );
     println!(
         "  failover p50/p99/max {:?}/{:?}/{:?} ms, handoff p50/p99 {:?}/{:?} ms, heal convergence {:?} ms",
-        m.failover_ms.p50, m.failover_ms.p99, m.failover_ms.max, m.handoff_ms.p50, m.handoff_ms.p99, m.heal_convergence_ms
+        m.failover_ms.p50,
+        m.failover_ms.p99,
+        m.failover_ms.max,
+        m.handoff_ms.p50,
+        m.handoff_ms.p99,
+        m.heal_convergence_ms
     );
     println!(
         "  ownership changes {}, false downs {}, dropped by partition {}, {:.0} B/node/s",
         m.ownership_changes, m.false_downs, m.dropped_by_partition, m.bytes_per_node_per_s
     );
     for v in &report.violations {
-        println!("  VIOLATION {} at {} ms: {}", v.invariant, v.at_ms, v.detail);
+        println!(
+            "  VIOLATION {} at {} ms: {}",
+            v.invariant, v.at_ms, v.detail
+        );
     }
 }
 
@@ -175,9 +190,19 @@ fn main() -> ExitCode {
             };
             let report = sim::run(&config, Some(out));
             print_report(&report, run.json);
-            if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            if report.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
-        Command::Sweep { seeds, start_seed, max_nodes, threads, json } => {
+        Command::Sweep {
+            seeds,
+            start_seed,
+            max_nodes,
+            threads,
+            json,
+        } => {
             if seeds == 0 || max_nodes < 3 {
                 eprintln!("error: --seeds must be at least 1 and --max-nodes at least 3");
                 return ExitCode::from(2);
@@ -201,10 +226,18 @@ fn main() -> ExitCode {
                     summary.failed,
                     summary.checks,
                     summary.wall_seconds,
-                    if summary.inert.is_empty() { String::new() } else { format!("; never happened: {}", summary.inert.join(", ")) }
+                    if summary.inert.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; never happened: {}", summary.inert.join(", "))
+                    }
                 );
             }
-            if summary.failed == 0 && summary.inert.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            if summary.failed == 0 && summary.inert.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }

@@ -29,9 +29,11 @@ impl Partition {
         match self {
             Partition::None => false,
             Partition::Groups(g) => g[from as usize] != g[to as usize],
-            Partition::OneWay { group, from: a, to: b } => {
-                group[from as usize] == *a && group[to as usize] == *b
-            }
+            Partition::OneWay {
+                group,
+                from: a,
+                to: b,
+            } => group[from as usize] == *a && group[to as usize] == *b,
             Partition::Bridge { group, bridge } => {
                 from != *bridge && to != *bridge && group[from as usize] != group[to as usize]
             }
@@ -166,7 +168,11 @@ mod tests {
 
     #[test]
     fn one_way_blocks_one_direction_only() {
-        let p = Partition::OneWay { group: vec![0, 0, 1], from: 0, to: 1 };
+        let p = Partition::OneWay {
+            group: vec![0, 0, 1],
+            from: 0,
+            to: 1,
+        };
         assert!(p.blocks(0, 2));
         assert!(!p.blocks(2, 0));
     }

@@ -151,7 +151,11 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
     let resources = input.resources.max(1);
     let swarm = input.scenario == Scenario::Swarm;
     let tickets: Vec<u16> = (0..resources)
-        .map(|_| input.tickets.unwrap_or_else(|| if swarm { rng.random_range(1..=3) } else { 1 }))
+        .map(|_| {
+            input
+                .tickets
+                .unwrap_or_else(|| if swarm { rng.random_range(1..=3) } else { 1 })
+        })
         .collect();
     let competes: Vec<Vec<bool>> = (0..n)
         .map(|_| {
@@ -176,7 +180,13 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
             let mut t = c0;
             while t + 12 * S < c1 {
                 let resource = rng.random_range(0..resources);
-                faults.push((t, Fault::CrashHolder { resource, restart_after: 10 * S }));
+                faults.push((
+                    t,
+                    Fault::CrashHolder {
+                        resource,
+                        restart_after: 10 * S,
+                    },
+                ));
                 t += 20 * S;
             }
         }
@@ -203,7 +213,10 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
             faults.push((c0 + (span / 2).min(120 * S), Fault::HealNetwork));
             faults.push((
                 c0 + span * 3 / 4,
-                Fault::CrashHolder { resource: 0, restart_after: 10 * S },
+                Fault::CrashHolder {
+                    resource: 0,
+                    restart_after: 10 * S,
+                },
             ));
         }
         Scenario::IsolateOwner => {
@@ -235,7 +248,10 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                 let node = pick(rng, n);
                 let resource = rng.random_range(0..resources);
                 faults.push((t, Fault::Withdraw { node, resource }));
-                faults.push((t + rng.random_range(1..10) * S, Fault::Obtain { node, resource }));
+                faults.push((
+                    t + rng.random_range(1..10) * S,
+                    Fault::Obtain { node, resource },
+                ));
                 if k % 15 == 14 {
                     let victim = pick(rng, n);
                     faults.push((t, Fault::Crash(victim)));
@@ -247,7 +263,11 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
         }
         Scenario::Swarm => {
             loss = [0.0, 0.0, 0.01, 0.02, 0.05, 0.1][rng.random_range(0..6)];
-            duplicate = if rng.random_bool(0.5) { rng.random_range(0.0..0.05) } else { 0.0 };
+            duplicate = if rng.random_bool(0.5) {
+                rng.random_range(0.0..0.05)
+            } else {
+                0.0
+            };
             latency_mean = rng.random_range(1..=20) * MS;
             if rng.random_bool(0.25) {
                 burst = Some((0.001, 0.2, 0.5));
@@ -256,7 +276,13 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                 stagger = rng.random_range(1..=8);
             }
             let enabled: Vec<&'static str> = [
-                "partition", "crash", "crash-owner", "pause", "drift", "loss-burst", "churn",
+                "partition",
+                "crash",
+                "crash-owner",
+                "pause",
+                "drift",
+                "loss-burst",
+                "churn",
             ]
             .into_iter()
             .filter(|_| rng.random_bool(0.5))
@@ -282,7 +308,13 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                     }
                     "crash-owner" => {
                         let resource = rng.random_range(0..resources);
-                        faults.push((t, Fault::CrashHolder { resource, restart_after: lasting }));
+                        faults.push((
+                            t,
+                            Fault::CrashHolder {
+                                resource,
+                                restart_after: lasting,
+                            },
+                        ));
                     }
                     "pause" => {
                         let duration = rng.random_range(200..5000) * MS;
@@ -290,7 +322,13 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                             let resource = rng.random_range(0..resources);
                             faults.push((t, Fault::PauseHolder { resource, duration }));
                         } else {
-                            faults.push((t, Fault::Pause { node: pick(rng, n), duration }));
+                            faults.push((
+                                t,
+                                Fault::Pause {
+                                    node: pick(rng, n),
+                                    duration,
+                                },
+                            ));
                         }
                     }
                     "drift" => {
@@ -301,7 +339,13 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                         } else {
                             -0.05
                         };
-                        faults.push((t, Fault::Drift { node: pick(rng, n), rate }));
+                        faults.push((
+                            t,
+                            Fault::Drift {
+                                node: pick(rng, n),
+                                rate,
+                            },
+                        ));
                     }
                     "loss-burst" => {
                         faults.push((t, Fault::LossBurst(rng.random_range(0.2..0.5))));
@@ -356,8 +400,15 @@ fn random_partition(rng: &mut Xoshiro256PlusPlus, n: usize) -> Partition {
         3 if n >= 5 => Partition::Ring { nodes: n as u32 },
         4 if n >= 3 => {
             let bridge = pick(rng, n);
-            Partition::Bridge { group: random_groups(rng, 0.5), bridge }
+            Partition::Bridge {
+                group: random_groups(rng, 0.5),
+                bridge,
+            }
         }
-        _ => Partition::OneWay { group: random_groups(rng, 0.5), from: 0, to: 1 },
+        _ => Partition::OneWay {
+            group: random_groups(rng, 0.5),
+            from: 0,
+            to: 1,
+        },
     }
 }

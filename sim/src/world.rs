@@ -55,10 +55,25 @@ fn resource_index(name: &str) -> usize {
 
 pub(crate) enum Ev {
     Start(u32),
-    Deliver { to: u32, from: u32, data: Vec<u8> },
-    Wake { node: u32, epoch: u32 },
-    Resume { node: u32, epoch: u32 },
-    Drop { node: u32, epoch: u32, resource: usize, lease: u64 },
+    Deliver {
+        to: u32,
+        from: u32,
+        data: Vec<u8>,
+    },
+    Wake {
+        node: u32,
+        epoch: u32,
+    },
+    Resume {
+        node: u32,
+        epoch: u32,
+    },
+    Drop {
+        node: u32,
+        epoch: u32,
+        resource: usize,
+        lease: u64,
+    },
     Fault(Fault),
     Sample,
 }
@@ -146,7 +161,12 @@ pub struct World {
 }
 
 impl World {
-    pub(crate) fn new(plan: Plan, seed: u64, bugs: PlantedBugs, trace: Option<Box<dyn Write>>) -> Self {
+    pub(crate) fn new(
+        plan: Plan,
+        seed: u64,
+        bugs: PlantedBugs,
+        trace: Option<Box<dyn Write>>,
+    ) -> Self {
         let net = Net::new(
             NetConfig {
                 latency_floor: plan.latency_mean / 2,
@@ -200,7 +220,11 @@ impl World {
         };
         let stagger = world.plan.stagger * S;
         for i in 0..n as u32 {
-            let at = if stagger == 0 { 0 } else { world.rng.random_range(0..stagger) };
+            let at = if stagger == 0 {
+                0
+            } else {
+                world.rng.random_range(0..stagger)
+            };
             world.push(at, Ev::Start(i));
         }
         for (t, fault) in world.plan.faults.clone() {
@@ -329,14 +353,27 @@ impl World {
                 }
                 self.after_core(node);
             }
-            Ev::Drop { node, epoch, resource, lease } => {
+            Ev::Drop {
+                node,
+                epoch,
+                resource,
+                lease,
+            } => {
                 let slot = &self.nodes[node as usize];
                 if slot.epoch != epoch || !slot.up() {
                     return;
                 }
                 if slot.paused_until > self.now {
                     let at = slot.paused_until;
-                    self.push(at, Ev::Drop { node, epoch, resource, lease });
+                    self.push(
+                        at,
+                        Ev::Drop {
+                            node,
+                            epoch,
+                            resource,
+                            lease,
+                        },
+                    );
                     return;
                 }
                 let local = Duration::from_nanos(slot.local(self.now));
@@ -349,7 +386,11 @@ impl World {
             Ev::Fault(fault) => self.fault(fault),
             Ev::Sample => {
                 self.sample();
-                let next = if self.checks.converging() { 200 * MS } else { S };
+                let next = if self.checks.converging() {
+                    200 * MS
+                } else {
+                    S
+                };
                 self.push(self.now + next, Ev::Sample);
             }
         }
@@ -382,7 +423,11 @@ impl World {
             }
         }
         slot.core = Some(core);
-        self.trace(Some(i), "start", format!("boot {}", self.nodes[i as usize].boot));
+        self.trace(
+            Some(i),
+            "start",
+            format!("boot {}", self.nodes[i as usize].boot),
+        );
         self.after_core(i);
     }
 
@@ -428,7 +473,14 @@ impl World {
                 continue;
             }
             for delay in self.net.transit(i, to) {
-                self.push(self.now + delay, Ev::Deliver { to, from: i, data: t.data.clone() });
+                self.push(
+                    self.now + delay,
+                    Ev::Deliver {
+                        to,
+                        from: i,
+                        data: t.data.clone(),
+                    },
+                );
             }
         }
         // The view first: an acquisition is judged against the view it was made in.
@@ -460,18 +512,33 @@ impl World {
                     self.acquired(i, r);
                 }
             }
-            Event::Lost { resource, lease, reason } => {
+            Event::Lost {
+                resource,
+                lease,
+                reason,
+            } => {
                 let r = resource_index(&resource);
-                if r < self.holders.len() && self.holders[r].contains(&i) && self.told[r].insert(i) {
+                if r < self.holders.len() && self.holders[r].contains(&i) && self.told[r].insert(i)
+                {
                     let fp = self.nodes[i as usize].fp;
                     self.checks.unhold(fp, r);
                 }
                 self.trace(Some(i), "lost", format!("{resource} {reason}"));
                 let delay = self.rng.random_range(0..20 * MS);
                 let epoch = self.nodes[i as usize].epoch;
-                self.push(self.now + delay, Ev::Drop { node: i, epoch, resource: r, lease });
+                self.push(
+                    self.now + delay,
+                    Ev::Drop {
+                        node: i,
+                        epoch,
+                        resource: r,
+                        lease,
+                    },
+                );
             }
-            Event::Yielded { resource, forced, .. } => {
+            Event::Yielded {
+                resource, forced, ..
+            } => {
                 let r = resource_index(&resource);
                 self.trace(Some(i), "yielded", format!("{resource} forced={forced}"));
                 if r < self.holders.len() {
@@ -483,7 +550,8 @@ impl World {
                 if let Some(j) = index(&id.addr) {
                     let slot = &self.nodes[j as usize];
                     if slot.up() && slot.boot == id.boot {
-                        self.checks.false_down(self.net.partition != Partition::None);
+                        self.checks
+                            .false_down(self.net.partition != Partition::None);
                     }
                 }
             }
@@ -512,7 +580,11 @@ impl World {
     }
 
     fn fault(&mut self, fault: Fault) {
-        self.trace(None, "fault", format!("{fault:?}").chars().take(120).collect());
+        self.trace(
+            None,
+            "fault",
+            format!("{fault:?}").chars().take(120).collect(),
+        );
         let now = self.now;
         match fault {
             Fault::Crash(i) => {
@@ -520,7 +592,10 @@ impl World {
                 self.checks.disturbed(now, false);
             }
             Fault::Restart(i) => self.start(i),
-            Fault::CrashHolder { resource, restart_after } => {
+            Fault::CrashHolder {
+                resource,
+                restart_after,
+            } => {
                 if let Some(i) = self.holder_of(resource) {
                     self.crash(i);
                     self.checks.disturbed(now, false);

@@ -278,6 +278,8 @@ pub struct Core {
     view_confirmed: bool,
     active_since: Option<Duration>,
     leaving: bool,
+    /// When the repair timer fires next.
+    repair_at: Duration,
     next_lease: u64,
     started: Duration,
     stats: Stats,
@@ -341,6 +343,7 @@ impl Core {
             view_confirmed: false,
             active_since: None,
             leaving: false,
+            repair_at: Duration::ZERO,
             next_lease: 1,
             started: now,
             stats: Stats::default(),
@@ -351,7 +354,8 @@ impl Core {
         core.announce(now);
         core.schedule(now + core.cfg.timing.announce_interval, CoreTimer::Announce);
         core.schedule(now + core.cfg.sync_timeout, CoreTimer::SyncTimeout);
-        core.schedule(now + core.cfg.timing.repair_interval, CoreTimer::Repair);
+        core.repair_at = now + core.cfg.timing.repair_interval;
+        core.schedule(core.repair_at, CoreTimer::Repair);
         core.schedule(
             now + core.cfg.timing.anti_entropy_interval,
             CoreTimer::AntiEntropy,
@@ -591,10 +595,11 @@ impl Core {
                 }
             }
             CoreTimer::Announce => {
+                // Re-announce until connected; `Idle` schedules this again.
                 if !self.active && !self.leaving {
                     self.announce(now);
+                    self.schedule(now + self.cfg.timing.announce_interval, CoreTimer::Announce);
                 }
-                self.schedule(now + self.cfg.timing.announce_interval, CoreTimer::Announce);
             }
             CoreTimer::SyncTimeout => {
                 if !self.ever_active && !self.ready {
@@ -603,12 +608,25 @@ impl Core {
                 }
             }
             CoreTimer::Repair => {
+                if now < self.repair_at {
+                    return; // superseded by an earlier one
+                }
                 self.pull_missing(now);
                 if self.active && !self.ready {
                     // Confirm the view with a peer before taking anything over.
                     self.send_digest(now);
                 }
-                self.schedule(now + self.cfg.timing.repair_interval, CoreTimer::Repair);
+                // Fast while something is missing or unconfirmed, else at the
+                // anti-entropy pace (a member seen coming up also brings it forward).
+                let busy = !self.view.missing.is_empty() || !self.ready;
+                let timing = &self.cfg.timing;
+                let next = if busy {
+                    timing.repair_interval
+                } else {
+                    timing.anti_entropy_interval
+                };
+                self.repair_at = now + next;
+                self.schedule(self.repair_at, CoreTimer::Repair);
             }
             CoreTimer::AntiEntropy => {
                 self.send_digest(now);
@@ -793,6 +811,7 @@ impl Core {
                     }
                     self.push_own_record(new.addr);
                     self.membership_changed();
+                    self.repair_soon(now);
                 }
             }
             OwnedNotification::Active => {
@@ -834,6 +853,16 @@ impl Core {
         self.events.push_back(Event::MemberUp(id));
         self.push_own_record(id.addr);
         self.membership_changed();
+        self.repair_soon(now);
+    }
+
+    /// Brings the repair timer forward when a record went missing.
+    fn repair_soon(&mut self, now: Duration) {
+        let soon = now + self.cfg.timing.repair_interval;
+        if !self.view.missing.is_empty() && self.repair_at > soon {
+            self.repair_at = soon;
+            self.schedule(soon, CoreTimer::Repair);
+        }
     }
 
     fn push_own_record(&mut self, to: SocketAddr) {
@@ -888,6 +917,7 @@ impl Core {
         self.seed_placeholders(now);
         self.bump_record(now);
         self.announce(now);
+        self.schedule(now + self.cfg.timing.announce_interval, CoreTimer::Announce);
     }
 
     fn reindex(&mut self, now: Duration, addr: SocketAddr) {
@@ -977,7 +1007,9 @@ impl Core {
         for addr in changed {
             self.reindex(now, addr);
         }
-        if !self.ready && (self.synced(now) || (self.active && self.bug(|b| b.acquire_before_synced))) {
+        if !self.ready
+            && (self.synced(now) || (self.active && self.bug(|b| b.acquire_before_synced)))
+        {
             self.set_ready(now);
         }
         self.check_superseded(now);

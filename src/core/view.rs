@@ -32,13 +32,20 @@ pub(crate) struct Store {
 impl Store {
     /// Keeps `record` if it is newer than what is stored for its address.
     pub fn offer(&mut self, record: Record) -> bool {
+        // Most offers are copies of what is stored: compare versions before validating.
+        if self
+            .records
+            .get(&record.addr)
+            .is_some_and(|old| !record.newer_than(old))
+        {
+            return false;
+        }
         if record.validate().is_err() {
             self.invalid += 1;
             return false;
         }
-        match self.records.get(&record.addr) {
-            Some(old) if !record.newer_than(old) => false,
-            _ => {
+        {
+            {
                 self.changed.insert(record.addr);
                 self.records.insert(record.addr, record);
                 true
@@ -153,6 +160,8 @@ pub(crate) struct View {
     resources: BTreeMap<String, ResourceIndex>,
     /// Valid records by name: `(boot, addr)`, newest last.
     by_name: BTreeMap<String, BTreeSet<(u64, SocketAddr)>>,
+    /// How many names more than one valid record carries (almost always 0).
+    shared_names: usize,
     /// XOR of entry hashes per bucket over valid records.
     digest: [u64; BUCKETS],
     /// XOR of `(addr, boot)` hashes over live members.
@@ -204,6 +213,7 @@ impl View {
             indexed: BTreeMap::new(),
             resources: BTreeMap::new(),
             by_name: BTreeMap::new(),
+            shared_names: 0,
             digest: [0; BUCKETS],
             // This node counts as a member of its own view, so equal views hash equal.
             member_hash: entry_hash(&own, boot, 0),
@@ -260,6 +270,9 @@ impl View {
         if let Some(old) = self.indexed.remove(&addr) {
             self.digest[bucket_of(&addr)] ^= old.digest;
             if let Some(set) = self.by_name.get_mut(&old.name) {
+                if set.len() == 2 {
+                    self.shared_names -= 1;
+                }
                 set.remove(&(old.boot, addr));
                 if set.is_empty() {
                     self.by_name.remove(&old.name);
@@ -301,10 +314,11 @@ impl View {
                     digest: entry_hash(&addr, record.boot, record.version),
                 };
                 self.digest[bucket_of(&addr)] ^= indexed.digest;
-                self.by_name
-                    .entry(record.name.clone())
-                    .or_default()
-                    .insert((record.boot, addr));
+                let set = self.by_name.entry(record.name.clone()).or_default();
+                set.insert((record.boot, addr));
+                if set.len() == 2 {
+                    self.shared_names += 1;
+                }
                 for claim in &record.claims {
                     let score =
                         score_hashed(crate::placement::name_hash(&claim.resource), name_hash);
@@ -349,6 +363,9 @@ impl View {
 
     /// True if a valid record with the same name and a newer boot exists.
     pub fn superseded(&self, addr: &SocketAddr) -> Option<SocketAddr> {
+        if self.shared_names == 0 {
+            return None;
+        }
         let indexed = self.indexed.get(addr)?;
         let newest = self.by_name.get(&indexed.name)?.last()?;
         (newest.1 != *addr && newest.0 >= indexed.boot).then_some(newest.1)
