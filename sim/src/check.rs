@@ -34,6 +34,17 @@ pub const HOLD: u64 = 3 * S;
 /// H1's bound.
 pub const ACTIVE_WITHIN: u64 = 15 * S;
 
+/// What the fleet is converging after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Start-up.
+    Boot,
+    /// A heal of the network during the chaos phase (other faults may interfere).
+    Heal,
+    /// The final heal: nothing interferes any more.
+    FinalHeal,
+}
+
 /// One invariant that failed.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Violation {
@@ -69,8 +80,11 @@ pub struct Checks {
     last_disturbance: u64,
     last_partition_change: u64,
     lossless: bool,
-    /// Converging since (bootstrap: 0; then the heal), and whether it is the final phase.
-    converge_from: Option<(u64, bool)>,
+    /// Converging since, and after what.
+    converge_from: Option<(u64, Phase)>,
+    /// Whether L1 has been evaluated since `converge_from` was set.
+    evaluated: bool,
+    heal_convergences: Vec<u64>,
     pub heal_convergence_ms: Option<u64>,
     pub boot_convergence_ms: Option<u64>,
     converged_once: bool,
@@ -99,7 +113,9 @@ impl Checks {
             last_disturbance: 0,
             last_partition_change: 0,
             lossless: plan.loss == 0.0 && plan.duplicate == 0.0 && plan.burst.is_none(),
-            converge_from: Some((0, false)),
+            converge_from: Some((0, Phase::Boot)),
+            evaluated: false,
+            heal_convergences: Vec::new(),
             heal_convergence_ms: None,
             boot_convergence_ms: None,
             converged_once: false,
@@ -137,6 +153,14 @@ impl Checks {
 
     pub fn disturbed(&mut self, at: u64, partition: bool) {
         self.last_disturbance = self.last_disturbance.max(at);
+        // A fault while converging mid-run (or at boot) makes the bound meaningless.
+        if self
+            .converge_from
+            .is_some_and(|(from, p)| p != Phase::FinalHeal && at > from)
+        {
+            self.converge_from = None;
+            self.converged_since = None;
+        }
         if partition {
             self.last_partition_change = self.last_partition_change.max(at);
         }
@@ -150,9 +174,18 @@ impl Checks {
         }
     }
 
-    pub fn heal(&mut self, at: u64) {
-        self.converge_from = Some((at, true));
+    /// The network healed; `last` for the final heal of the run.
+    pub fn heal(&mut self, at: u64, last: bool) {
+        if !last
+            && self
+                .converge_from
+                .is_some_and(|(_, p)| p == Phase::FinalHeal)
+        {
+            return;
+        }
+        self.converge_from = Some((at, if last { Phase::FinalHeal } else { Phase::Heal }));
         self.converged_since = None;
+        self.evaluated = false;
         self.stable_after = None;
     }
 
@@ -390,37 +423,40 @@ impl World {
             }
         }
         // L1.
-        if let Some((from, final_phase)) = self.checks.converge_from {
+        if let Some((from, phase)) = self.checks.converge_from {
             self.checks.checks += 1;
+            let first = !std::mem::replace(&mut self.checks.evaluated, true);
             match self.converged() {
                 Ok(()) if now < *self.checks.converged_since.get_or_insert(now) + HOLD => {}
                 Ok(()) => {
                     let since = self.checks.converged_since.take().unwrap_or(now);
                     let took = (since - from) / MS;
-                    if final_phase {
-                        self.checks.heal_convergence_ms = Some(took);
-                        self.checks.stable_after = Some(now);
-                    } else {
-                        self.checks.boot_convergence_ms = Some(took);
+                    match phase {
+                        Phase::Boot => self.checks.boot_convergence_ms = Some(took),
+                        Phase::Heal => self.checks.heal_convergences.push(took),
+                        Phase::FinalHeal => {
+                            self.checks.heal_convergences.push(took);
+                            self.checks.stable_after = Some(now);
+                        }
                     }
+                    self.checks.heal_convergence_ms =
+                        self.checks.heal_convergences.iter().max().copied();
                     self.checks.converged_once = true;
                     self.checks.converge_from = None;
                 }
                 Err(why) => {
                     self.checks.converged_since = None;
-                    if final_phase && now == from + 200 * MS {
+                    if first && phase != Phase::Boot {
                         self.checks.effects.heals_diverged += 1;
                     }
-                    let bound = if final_phase {
-                        from + CONVERGE_WITHIN
-                    } else {
-                        self.checks.boot_end + CONVERGE_WITHIN
+                    let bound = match phase {
+                        Phase::Boot => self.checks.boot_end.max(from) + CONVERGE_WITHIN,
+                        _ => from + CONVERGE_WITHIN,
                     };
                     if now > bound {
-                        let name = if final_phase {
-                            "convergence-after-heal"
-                        } else {
-                            "convergence-after-boot"
+                        let name = match phase {
+                            Phase::Boot => "convergence-after-boot",
+                            _ => "convergence-after-heal",
                         };
                         self.checks.violate(name, now, why);
                         self.checks.converge_from = None;
@@ -481,7 +517,7 @@ impl World {
     }
 
     pub(crate) fn finish_checks(&mut self) {
-        if let Some((from, true)) = self.checks.converge_from
+        if let Some((from, Phase::FinalHeal)) = self.checks.converge_from
             && self.now >= from + CONVERGE_WITHIN
         {
             let why = self.converged().err().unwrap_or_default();

@@ -111,6 +111,7 @@ pub enum Fault {
 /// Everything a run is made of, derived from the seed and the command line.
 #[derive(Clone, Debug)]
 pub struct Plan {
+    pub scenario: Scenario,
     pub nodes: usize,
     pub duration: u64,
     pub boot_end: u64,
@@ -365,6 +366,7 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
     faults.push((heal_at, Fault::Heal));
     faults.sort_by_key(|(t, _)| *t);
     Plan {
+        scenario: input.scenario,
         nodes: n,
         duration: input.duration,
         boot_end,

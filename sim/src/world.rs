@@ -13,7 +13,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::check::Checks;
 use crate::net::{Net, NetConfig, Partition};
-use crate::scenario::{Fault, MS, Plan, S};
+use crate::scenario::{Fault, MS, Plan, S, Scenario};
 
 /// Splits one seed into independent streams.
 pub fn splitmix64(mut x: u64) -> u64 {
@@ -589,7 +589,11 @@ impl World {
         match fault {
             Fault::Crash(i) => {
                 self.crash(i);
-                self.checks.disturbed(now, false);
+                // A rolling restart is planned: the fleet is expected to stay within
+                // tickets through it, so it does not count as a fault there.
+                if self.plan.scenario != Scenario::RollingRestart {
+                    self.checks.disturbed(now, false);
+                }
             }
             Fault::Restart(i) => self.start(i),
             Fault::CrashHolder {
@@ -617,6 +621,7 @@ impl World {
             Fault::HealNetwork => {
                 self.net.partition = Partition::None;
                 self.checks.disturbed(now, true);
+                self.checks.heal(now, false);
             }
             Fault::Pause { node, duration } => self.pause(node, duration),
             Fault::PauseHolder { resource, duration } => {
@@ -678,7 +683,7 @@ impl World {
                     }
                 }
                 self.checks.disturbed(now, true);
-                self.checks.heal(now);
+                self.checks.heal(now, true);
             }
         }
     }
