@@ -17,5 +17,5 @@ fn two_hundred_nodes_ten_minutes_partition_crash_and_heal() {
     assert!(report.effects.owner_crashes > 0);
     assert!(report.effects.partition_downs > 0);
     assert!(report.metrics.heal_convergence_ms.is_some());
-    assert!(!report.metrics.failover_ms.p50.is_none());
+    assert!(report.metrics.failover_ms.p50.is_some());
 }
