@@ -37,6 +37,9 @@ struct Args {
     /// How many workers may hold it at once.
     #[arg(long, default_value_t = 1)]
     tickets: u16,
+    /// Serve the debug endpoint (dashboard, JSON, events, metrics) here.
+    #[arg(long)]
+    debug_addr: Option<SocketAddr>,
     /// How often to greet while holding it (e.g. 2s, 100ms).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     interval: Duration,
@@ -56,6 +59,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = Node::builder(&args.name).bind(args.bind).join(args.join);
     if let Some(advertise) = args.advertise {
         builder = builder.advertise(advertise);
+    }
+    if let Some(debug) = args.debug_addr {
+        builder = builder.debug_addr(debug);
     }
     let node = builder.start().await?;
 

@@ -112,9 +112,19 @@ pub struct NodeBuilder {
     handoff_timeout: Duration,
     step_down_backoff: Duration,
     boot: Option<u64>,
+    #[cfg(feature = "debug")]
+    debug_addr: Option<SocketAddr>,
 }
 
 impl NodeBuilder {
+    /// Serves the read-only debug endpoint (dashboard, JSON, events, Prometheus metrics)
+    /// on `addr`; off unless set. See [`crate::debug`].
+    #[cfg(feature = "debug")]
+    pub fn debug_addr(mut self, addr: SocketAddr) -> Self {
+        self.debug_addr = Some(addr);
+        self
+    }
+
     /// The UDP address to bind (required).
     pub fn bind(mut self, addr: SocketAddr) -> Self {
         self.bind = Some(addr);
@@ -209,6 +219,16 @@ impl NodeBuilder {
         cfg.handoff_timeout = self.handoff_timeout;
         cfg.step_down_backoff = self.step_down_backoff;
         cfg.rng_seed = boot ^ crate::placement::name_hash(&self.name) ^ std::process::id() as u64;
+        #[cfg(feature = "debug")]
+        let debug = self
+            .debug_addr
+            .map(|addr| (addr, crate::debug::EventSink::new()));
+        #[cfg(feature = "debug")]
+        {
+            cfg.report_suspicions = debug.is_some();
+        }
+        #[cfg(feature = "debug")]
+        let sink = debug.as_ref().map(|(_, sink)| sink.clone());
 
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(NodeState::Joining);
@@ -257,6 +277,8 @@ impl NodeBuilder {
                             next_candidacy: 0,
                             leave_waiters: Vec::new(),
                             withdraw_waiters: Vec::new(),
+                            #[cfg(feature = "debug")]
+                            debug: sink,
                         }
                         .run()
                         .await;
@@ -266,11 +288,24 @@ impl NodeBuilder {
             })
             .map_err(Error::Spawn)?;
         started_rx.await.map_err(|_| Error::Stopped)??;
+        #[cfg(feature = "debug")]
+        let debug_addr = match debug {
+            Some((addr, sink)) => match crate::debug::serve(addr, commands_tx.clone(), sink) {
+                Ok(bound) => Some(bound),
+                Err(err) => {
+                    let _ = commands_tx.send(Command::Crash);
+                    return Err(err);
+                }
+            },
+            None => None,
+        };
         Ok(Node {
             inner: Arc::new(NodeInner {
                 name: self.name,
                 addr: advertise,
                 boot,
+                #[cfg(feature = "debug")]
+                debug_addr,
                 commands: commands_tx,
                 state,
                 thread: std::sync::Mutex::new(Some(thread)),
@@ -284,6 +319,8 @@ struct NodeInner {
     name: String,
     addr: SocketAddr,
     boot: u64,
+    #[cfg(feature = "debug")]
+    debug_addr: Option<SocketAddr>,
     commands: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<NodeState>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -330,6 +367,8 @@ impl Node {
             handoff_timeout: Duration::from_secs(5),
             step_down_backoff: Duration::from_secs(5),
             boot: None,
+            #[cfg(feature = "debug")]
+            debug_addr: None,
         }
     }
 
@@ -346,6 +385,12 @@ impl Node {
     /// The process start number.
     pub fn boot(&self) -> u64 {
         self.inner.boot
+    }
+
+    /// Where the debug endpoint listens, if it was enabled.
+    #[cfg(feature = "debug")]
+    pub fn debug_addr(&self) -> Option<SocketAddr> {
+        self.inner.debug_addr
     }
 
     /// What the node is doing now.

@@ -88,6 +88,10 @@ pub(crate) enum Command {
     Inspect {
         reply: oneshot::Sender<crate::api::NodeInfo>,
     },
+    #[cfg(feature = "debug")]
+    Debug {
+        reply: oneshot::Sender<crate::debug::Snapshot>,
+    },
     Leave {
         reply: oneshot::Sender<()>,
     },
@@ -106,6 +110,8 @@ pub(crate) struct Driver<S> {
     pub next_candidacy: u64,
     pub leave_waiters: Vec<oneshot::Sender<()>>,
     pub withdraw_waiters: Vec<(String, oneshot::Sender<()>)>,
+    #[cfg(feature = "debug")]
+    pub debug: Option<crate::debug::EventSink>,
 }
 
 impl<S: Socket> Driver<S> {
@@ -212,6 +218,10 @@ impl<S: Socket> Driver<S> {
             Command::Inspect { reply } => {
                 let _ = reply.send(crate::api::info_of(&self.core, now));
             }
+            #[cfg(feature = "debug")]
+            Command::Debug { reply } => {
+                let _ = reply.send(crate::debug::snapshot(&self.core, now));
+            }
             Command::Leave { reply } => {
                 self.leave_waiters.push(reply);
                 self.core.leave(now);
@@ -243,6 +253,10 @@ impl<S: Socket> Driver<S> {
 
     fn publish(&mut self, event: Event) {
         let now = self.now();
+        #[cfg(feature = "debug")]
+        if let Some(sink) = &self.debug {
+            sink.publish(&self.core, now, &event);
+        }
         match event {
             Event::StateChanged(state) => {
                 self.state.send_replace(state);
@@ -297,7 +311,11 @@ impl<S: Socket> Driver<S> {
             Event::SupersedesOther { old } => {
                 warn!(%old, "an older process with this name still runs; it will stand down")
             }
-            Event::MemberUp(_) | Event::MemberDown(_) | Event::Left => {}
+            Event::MemberUp(_)
+            | Event::MemberDown(_)
+            | Event::MemberSuspect(_)
+            | Event::MemberAlive(_)
+            | Event::Left => {}
         }
     }
 

@@ -30,6 +30,14 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// The debug endpoint could not bind its address.
+    #[error("cannot bind the debug endpoint on {addr}: {source}")]
+    DebugBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The protocol thread could not be started.
     #[error("cannot start the protocol thread: {0}")]
     Spawn(std::io::Error),

@@ -36,6 +36,8 @@
 
 mod api;
 pub mod core;
+#[cfg(feature = "debug")]
+pub mod debug;
 mod driver;
 mod error;
 pub mod placement;

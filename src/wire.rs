@@ -37,8 +37,14 @@ pub enum Message {
     Records(Vec<Record>),
     /// "Send me these records"; empty means "send me yours".
     RecordRequest(Vec<SocketAddr>),
-    /// A summary of the sender's live records, hashed into buckets.
-    Digest(Vec<u64>),
+    /// A summary of the sender's live records, hashed into buckets, and the sender's
+    /// view digest (for operators: equal on nodes that believe the same).
+    Digest {
+        /// Bucket hashes.
+        buckets: Vec<u64>,
+        /// The sender's view digest.
+        view: u64,
+    },
     /// The sender's `(addr, boot, version)` entries of the buckets in `buckets` (a bit set),
     /// in answer to a [`Message::Digest`] that differed there.
     Versions {
@@ -46,6 +52,8 @@ pub enum Message {
         buckets: u32,
         /// `(addr, boot, version)` of every live record in those buckets.
         entries: Vec<(SocketAddr, u64, u64)>,
+        /// The sender's view digest.
+        view: u64,
     },
 }
 
@@ -160,7 +168,10 @@ mod tests {
 
     #[test]
     fn foreign_version_and_garbage_are_refused() {
-        let mut data = encode(&Message::Digest(vec![1, 2]));
+        let mut data = encode(&Message::Digest {
+            buckets: vec![1, 2],
+            view: 3,
+        });
         data[2] = VERSION + 1;
         assert_eq!(decode(&data).unwrap_err(), DropReason::Version);
         assert_eq!(decode(b"xx").unwrap_err(), DropReason::Decode);

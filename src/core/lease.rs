@@ -477,6 +477,18 @@ impl Core {
         claim.lease = LeaseState::Held { lease, since: now };
         claim.blocked_since.clear();
         claim.escape_at = None;
+        // A failover: the previous holder went away (suspected or down) before this.
+        let gone_since = self
+            .lost_since
+            .iter()
+            .filter(|(addr, _)| !self.view.members.contains_key(addr))
+            .map(|(_, t)| *t)
+            .max();
+        if let Some(since) = gone_since {
+            self.stats.last_failover = Some(now.saturating_sub(since));
+        }
+        self.lost_since
+            .retain(|addr, _| self.view.members.contains_key(addr));
         self.stats.acquisitions += 1;
         info!(resource, lease, "acquired");
         self.events.push_back(Event::Acquired {

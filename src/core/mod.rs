@@ -154,6 +154,10 @@ pub enum Event {
     MemberUp(NodeId),
     /// A member was declared down (or left) in this node's view.
     MemberDown(NodeId),
+    /// A member stopped answering probes (with `report_suspicions`).
+    MemberSuspect(NodeId),
+    /// A suspected member refuted the suspicion (with `report_suspicions`).
+    MemberAlive(NodeId),
     /// Another process with this node's name and a newer boot runs at `by`.
     Superseded {
         /// Where the newer process runs.
@@ -233,6 +237,15 @@ pub struct Stats {
     pub yields: u64,
     /// Acquisitions that went ahead past an unresponsive blocker.
     pub escapes: u64,
+    /// Changes of this node's view (members or their records).
+    pub view_changes: u64,
+    /// Members seen turning suspect (with `report_suspicions`).
+    pub suspicions_raised: u64,
+    /// Suspected members seen alive again (with `report_suspicions`).
+    pub suspicions_refuted: u64,
+    /// The last failover this node took part in: from when it first saw the previous
+    /// holder suspected (or down) until it acquired.
+    pub last_failover: Option<Duration>,
 }
 
 /// A timer of the core: foca's (tagged with the foca instance) or the election's own.
@@ -278,6 +291,14 @@ pub struct Core {
     view_confirmed: bool,
     active_since: Option<Duration>,
     leaving: bool,
+    /// The view digest each member last reported, and when.
+    reported: BTreeMap<SocketAddr, (u64, Duration)>,
+    /// Suspected members, when suspicions are reported.
+    suspects: BTreeSet<SocketAddr>,
+    suspects_scanned: Duration,
+    last_fingerprint: u64,
+    /// When each live member was first suspected (or declared down), for failover times.
+    lost_since: BTreeMap<SocketAddr, Duration>,
     /// When the repair timer fires next.
     repair_at: Duration,
     next_lease: u64,
@@ -343,6 +364,11 @@ impl Core {
             view_confirmed: false,
             active_since: None,
             leaving: false,
+            reported: BTreeMap::new(),
+            suspects: BTreeSet::new(),
+            suspects_scanned: Duration::ZERO,
+            last_fingerprint: 0,
+            lost_since: BTreeMap::new(),
             repair_at: Duration::ZERO,
             next_lease: 1,
             started: now,
@@ -433,6 +459,26 @@ impl Core {
     /// Live members (alive or suspect), excluding this node.
     pub fn members(&self) -> impl Iterator<Item = &NodeId> {
         self.view.members.values()
+    }
+
+    /// A digest of what this node believes — live members and their records' readiness,
+    /// interests and held lists — equal on nodes with equal views. Unlike
+    /// [`Core::view_fingerprint`] it ignores record versions.
+    pub fn view_digest(&self) -> u64 {
+        self.view.content_digest()
+    }
+
+    /// The view digest each member last reported, and when (this node's `now`).
+    pub fn reported_digests(&self) -> &BTreeMap<SocketAddr, (u64, Duration)> {
+        &self.reported
+    }
+
+    /// Since when (this node's `now`) it holds `resource`, if it does.
+    pub fn held_since(&self, resource: &str) -> Option<Duration> {
+        self.claims.get(resource).and_then(|c| match c.lease {
+            lease::LeaseState::Held { since, .. } => Some(since),
+            _ => None,
+        })
     }
 
     /// How many live members (alive or suspect) this node sees, itself excluded.
@@ -660,8 +706,16 @@ impl Core {
                 }
             }
             Message::RecordRequest(addrs) => self.answer_request(from, &addrs),
-            Message::Digest(buckets) => self.answer_digest(now, from, &buckets),
-            Message::Versions { buckets, entries } => {
+            Message::Digest { buckets, view } => {
+                self.reported.insert(from, (view, now));
+                self.answer_digest(now, from, &buckets)
+            }
+            Message::Versions {
+                buckets,
+                entries,
+                view,
+            } => {
+                self.reported.insert(from, (view, now));
                 self.answer_versions(now, from, buckets, &entries)
             }
         }
@@ -782,6 +836,9 @@ impl Core {
             OwnedNotification::MemberDown(id) => {
                 debug!(member = %id.addr, boot = id.boot, "member down");
                 if self.view.members.get(&id.addr) == Some(&id) {
+                    self.lost_since.entry(id.addr).or_insert(now);
+                    self.reported.remove(&id.addr);
+                    self.suspects.remove(&id.addr);
                     self.view.remove_member(&id.addr);
                     self.store.borrow_mut().records.remove(&id.addr);
                     self.reindex(now, id.addr);
@@ -1014,6 +1071,14 @@ impl Core {
         }
         self.check_superseded(now);
         self.update_state();
+        if self.cfg.report_suspicions {
+            self.scan_suspects(now);
+        }
+        let fingerprint = self.view.fingerprint();
+        if fingerprint != self.last_fingerprint {
+            self.last_fingerprint = fingerprint;
+            self.stats.view_changes += 1;
+        }
         // Lease rules, then the owner reports, until nothing changes.
         for _ in 0..4 {
             if self.dirty.is_empty() {
@@ -1035,6 +1100,41 @@ impl Core {
                 self.reindex(now, addr);
             }
         }
+    }
+
+    /// foca reports no suspicions: derive them from member states, at most every 10 ms.
+    fn scan_suspects(&mut self, now: Duration) {
+        if now < self.suspects_scanned + Duration::from_millis(10)
+            && self.suspects_scanned != Duration::ZERO
+        {
+            return;
+        }
+        self.suspects_scanned = now;
+        let mut suspect_now = BTreeSet::new();
+        let mut raised = Vec::new();
+        for member in self.foca.iter_members() {
+            if member.state() == foca::State::Suspect {
+                let id = *member.id();
+                suspect_now.insert(id.addr);
+                if !self.suspects.contains(&id.addr) {
+                    raised.push(id);
+                }
+            }
+        }
+        for id in raised {
+            self.stats.suspicions_raised += 1;
+            self.lost_since.entry(id.addr).or_insert(now);
+            self.events.push_back(Event::MemberSuspect(id));
+        }
+        let cleared: Vec<SocketAddr> = self.suspects.difference(&suspect_now).copied().collect();
+        for addr in cleared {
+            if let Some(id) = self.view.members.get(&addr).copied() {
+                self.stats.suspicions_refuted += 1;
+                self.lost_since.remove(&addr);
+                self.events.push_back(Event::MemberAlive(id));
+            }
+        }
+        self.suspects = suspect_now;
     }
 
     /// Planted bug: the live set follows foca's *alive* members only.

@@ -70,7 +70,14 @@ impl Core {
         let pick = self.rng.random_range(0..self.view.members.len());
         let to = *self.view.members.keys().nth(pick).expect("in range");
         let digest = self.view.digest().to_vec();
-        self.send_message(to, &Message::Digest(digest));
+        let view = self.view.content_digest();
+        self.send_message(
+            to,
+            &Message::Digest {
+                buckets: digest,
+                view,
+            },
+        );
     }
 
     pub(super) fn answer_digest(&mut self, _now: Duration, from: SocketAddr, theirs: &[u64]) {
@@ -86,6 +93,7 @@ impl Core {
                 &Message::Versions {
                     buckets: 0,
                     entries: Vec::new(),
+                    view: self.view.content_digest(),
                 },
             );
             return;
@@ -115,6 +123,7 @@ impl Core {
             &Message::Versions {
                 buckets: mask,
                 entries,
+                view: self.view.content_digest(),
             },
         );
     }

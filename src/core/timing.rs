@@ -119,6 +119,9 @@ pub struct CoreConfig {
     pub step_down_backoff: Duration,
     /// Seed of the core's random choices (foca's and its own).
     pub rng_seed: u64,
+    /// Report suspicions ([`crate::core::Event::MemberSuspect`]); costs a scan of the
+    /// membership at most every 10 ms, so it is off unless someone watches.
+    pub report_suspicions: bool,
     /// Deliberate bugs, for the simulator's own tests.
     #[cfg(feature = "planted-bugs")]
     pub bugs: PlantedBugs,
@@ -152,6 +155,7 @@ impl CoreConfig {
             handoff_timeout: Duration::from_secs(5),
             step_down_backoff: Duration::from_secs(5),
             rng_seed: boot ^ 0x9e37_79b9_7f4a_7c15,
+            report_suspicions: false,
             #[cfg(feature = "planted-bugs")]
             bugs: PlantedBugs::default(),
         }

@@ -120,6 +120,22 @@ struct Indexed {
     boot: u64,
     claims: Vec<IndexedClaim>,
     digest: u64,
+    content: u64,
+}
+
+/// The hash of what a record says, without its version: equal records hash equal.
+fn content_hash(record: &Record) -> u64 {
+    let mut bytes = Vec::with_capacity(64);
+    bytes.extend_from_slice(&addr_hash(&record.addr).to_le_bytes());
+    bytes.extend_from_slice(&record.boot.to_le_bytes());
+    bytes.push(u8::from(record.ready));
+    for claim in &record.claims {
+        bytes.extend_from_slice(claim.resource.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(&claim.tickets.to_le_bytes());
+        bytes.push(u8::from(claim.candidate) | u8::from(claim.held) << 1);
+    }
+    xxhash_rust::xxh3::xxh3_64(&bytes)
 }
 
 /// Candidates and holders of one resource among valid records.
@@ -166,6 +182,8 @@ pub(crate) struct View {
     digest: [u64; BUCKETS],
     /// XOR of `(addr, boot)` hashes over live members.
     member_hash: u64,
+    /// XOR of content hashes (no versions) over valid records.
+    content: u64,
 }
 
 /// When a missing record was first noticed and last requested.
@@ -217,6 +235,7 @@ impl View {
             digest: [0; BUCKETS],
             // This node counts as a member of its own view, so equal views hash equal.
             member_hash: entry_hash(&own, boot, 0),
+            content: 0,
         }
     }
 
@@ -233,6 +252,13 @@ impl View {
         let old = self.members.remove(addr)?;
         self.member_hash ^= entry_hash(&old.addr, old.boot, 0);
         Some(old)
+    }
+
+    /// Live members and what their records say (not their versions).
+    pub fn content_digest(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(
+            &[self.member_hash.to_le_bytes(), self.content.to_le_bytes()].concat(),
+        )
     }
 
     /// Equal on nodes with equal views: the same live members and the same record
@@ -269,6 +295,7 @@ impl View {
         let mut touched = Vec::new();
         if let Some(old) = self.indexed.remove(&addr) {
             self.digest[bucket_of(&addr)] ^= old.digest;
+            self.content ^= old.content;
             if let Some(set) = self.by_name.get_mut(&old.name) {
                 if set.len() == 2 {
                     self.shared_names -= 1;
@@ -312,8 +339,10 @@ impl View {
                     boot: record.boot,
                     claims: Vec::with_capacity(record.claims.len()),
                     digest: entry_hash(&addr, record.boot, record.version),
+                    content: content_hash(record),
                 };
                 self.digest[bucket_of(&addr)] ^= indexed.digest;
+                self.content ^= indexed.content;
                 let set = self.by_name.entry(record.name.clone()).or_default();
                 set.insert((record.boot, addr));
                 if set.len() == 2 {
