@@ -75,7 +75,7 @@ pub(crate) fn members_of(core: &Core) -> Vec<MemberInfo> {
     core.membership()
         .filter(|m| m.id().boot != 0)
         .map(|m| MemberInfo {
-            name: core.record(&m.id().addr).map(|r| r.name),
+            name: core.name_at(&m.id().addr).map(str::to_string),
             addr: m.id().addr,
             boot: m.id().boot,
             state: match m.state() {

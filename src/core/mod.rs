@@ -293,6 +293,8 @@ pub struct Core {
     leaving: bool,
     /// The view digest each member last reported, and when.
     reported: BTreeMap<SocketAddr, (u64, Duration)>,
+    /// The last name seen at each address, so a member that went down keeps its name.
+    known_names: BTreeMap<SocketAddr, String>,
     /// Suspected members, when suspicions are reported.
     suspects: BTreeSet<SocketAddr>,
     suspects_scanned: Duration,
@@ -365,6 +367,7 @@ impl Core {
             active_since: None,
             leaving: false,
             reported: BTreeMap::new(),
+            known_names: BTreeMap::new(),
             suspects: BTreeSet::new(),
             suspects_scanned: Duration::ZERO,
             last_fingerprint: 0,
@@ -471,6 +474,13 @@ impl Core {
     /// The view digest each member last reported, and when (this node's `now`).
     pub fn reported_digests(&self) -> &BTreeMap<SocketAddr, (u64, Duration)> {
         &self.reported
+    }
+
+    /// The name at `addr`: from its current record, else the last one seen there.
+    pub fn name_at(&self, addr: &SocketAddr) -> Option<&str> {
+        self.view
+            .name_of(addr)
+            .or_else(|| self.known_names.get(addr).map(String::as_str))
     }
 
     /// Since when (this node's `now`) it holds `resource`, if it does.
@@ -836,6 +846,9 @@ impl Core {
             OwnedNotification::MemberDown(id) => {
                 debug!(member = %id.addr, boot = id.boot, "member down");
                 if self.view.members.get(&id.addr) == Some(&id) {
+                    if let Some(name) = self.view.name_of(&id.addr) {
+                        self.known_names.insert(id.addr, name.to_string());
+                    }
                     self.lost_since.entry(id.addr).or_insert(now);
                     self.reported.remove(&id.addr);
                     self.suspects.remove(&id.addr);

@@ -102,7 +102,9 @@ pub struct EventView {
     pub at_ms: u64,
     /// Wall-clock time, unix milliseconds.
     pub unix_ms: u64,
-    /// `member-up`, `suspect`, `alive`, `down`, `acquired`, `lost`, `yielded`, `state`.
+    /// `member-up`, `suspect`, `alive`, `down`; `acquired`, `lost`, `yielded` (by this
+    /// node); `owners` (the holders of a resource changed in this node's view: `reason`
+    /// lists them); `state` (this node's).
     pub kind: String,
     /// The member concerned (`name@addr` when its name is known, else `addr`).
     pub member: Option<String>,
@@ -215,14 +217,14 @@ impl EventSink {
 
     pub fn publish(&self, core: &Core, now: Duration, event: &Event) {
         let member = |id: &crate::core::NodeId| {
-            Some(match core.record(&id.addr) {
-                Some(r) => format!("{}@{}", r.name, id.addr),
+            Some(match core.name_at(&id.addr) {
+                Some(name) => format!("{name}@{}", id.addr),
                 None => id.addr.to_string(),
             })
         };
         let (kind, member, resource, reason) = match event {
             Event::MemberUp(id) => ("member-up", member(id), None, None),
-            Event::MemberDown(id) => ("down", Some(id.addr.to_string()), None, None),
+            Event::MemberDown(id) => ("down", member(id), None, None),
             Event::MemberSuspect(id) => ("suspect", member(id), None, None),
             Event::MemberAlive(id) => ("alive", member(id), None, None),
             Event::Acquired { resource, .. } => ("acquired", None, Some(resource.clone()), None),
@@ -243,6 +245,15 @@ impl EventSink {
                 forced.then(|| "forced".to_string()),
             ),
             Event::StateChanged(state) => ("state", None, None, Some(state.to_string())),
+            Event::OwnersChanged { resource, owners } => {
+                let holders: Vec<&str> = owners.holders.iter().map(|o| o.name.as_str()).collect();
+                (
+                    "owners",
+                    None,
+                    Some(resource.clone()),
+                    Some(holders.join(",")),
+                )
+            }
             _ => return,
         };
         let view = EventView {
