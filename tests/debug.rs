@@ -273,11 +273,13 @@ async fn events_show_suspicion_down_and_new_acquisition_after_a_crash() {
                     break;
                 }
                 // Another survivor may be the one that takes over: this node sees it too.
-                "owners" if event.resource.as_deref() == Some("echo") && !seen.is_empty() => {
-                    if event.reason.as_deref().is_some_and(|h| !h.is_empty()) {
-                        seen.push("owners".into());
-                        break;
-                    }
+                "owners"
+                    if event.resource.as_deref() == Some("echo")
+                        && !seen.is_empty()
+                        && event.reason.as_deref().is_some_and(|h| !h.is_empty()) =>
+                {
+                    seen.push("owners".into());
+                    break;
                 }
                 _ => {}
             }
