@@ -650,15 +650,7 @@ impl World {
                 }
                 self.after_core(node);
             }
-            Fault::Obtain { node, resource } => {
-                self.competing[node as usize][resource] = true;
-                let local = Duration::from_nanos(self.nodes[node as usize].local(now));
-                let tickets = self.plan.tickets[resource];
-                if let Some(core) = self.nodes[node as usize].core.as_mut() {
-                    let _ = core.obtain(local, &resource_name(resource), tickets);
-                }
-                self.after_core(node);
-            }
+            Fault::Obtain { node, resource } => self.obtain(node, resource),
             Fault::Heal => {
                 self.net.partition = Partition::None;
                 self.net.extra_loss = 0.0;
@@ -672,13 +664,7 @@ impl World {
                     }
                     for r in 0..self.plan.tickets.len() {
                         if !self.competing[i as usize][r] && self.plan.competes[i as usize][r] {
-                            self.competing[i as usize][r] = true;
-                            let local = Duration::from_nanos(self.nodes[i as usize].local(now));
-                            let tickets = self.plan.tickets[r];
-                            if let Some(core) = self.nodes[i as usize].core.as_mut() {
-                                let _ = core.obtain(local, &resource_name(r), tickets);
-                            }
-                            self.after_core(i);
+                            self.obtain(i, r);
                         }
                     }
                 }
@@ -686,6 +672,17 @@ impl World {
                 self.checks.heal(now, true);
             }
         }
+    }
+
+    /// The workload has `node` compete for `resource` (again).
+    fn obtain(&mut self, node: u32, resource: usize) {
+        self.competing[node as usize][resource] = true;
+        let local = Duration::from_nanos(self.nodes[node as usize].local(self.now));
+        let tickets = self.plan.tickets[resource];
+        if let Some(core) = self.nodes[node as usize].core.as_mut() {
+            let _ = core.obtain(local, &resource_name(resource), tickets);
+        }
+        self.after_core(node);
     }
 
     fn pause(&mut self, node: u32, duration: u64) {
