@@ -283,9 +283,7 @@ impl<S: Socket> Driver<S> {
                     }
                 }
             }
-            Event::Yielded { resource, .. } => {
-                let _ = resource;
-            }
+            Event::Yielded { .. } => {}
             Event::TicketsMismatch {
                 resource,
                 ours,
@@ -307,10 +305,7 @@ impl<S: Socket> Driver<S> {
                     watch.send_replace(owners);
                 }
             }
-            Event::Superseded { by } => warn!(%by, "superseded by a newer process with this name"),
-            Event::SupersedesOther { old } => {
-                warn!(%old, "an older process with this name still runs; it will stand down")
-            }
+            Event::Superseded { .. } | Event::SupersedesOther { .. } => {}
             Event::MemberUp(_)
             | Event::MemberDown(_)
             | Event::MemberSuspect(_)

@@ -293,6 +293,8 @@ pub struct Core {
     leaving: bool,
     /// The view digest each member last reported, and when.
     reported: BTreeMap<SocketAddr, (u64, Duration)>,
+    /// Older processes with this node's name already reported.
+    namesakes_reported: BTreeSet<SocketAddr>,
     /// The last name seen at each address, so a member that went down keeps its name.
     known_names: BTreeMap<SocketAddr, String>,
     /// Suspected members, when suspicions are reported.
@@ -368,6 +370,7 @@ impl Core {
             leaving: false,
             reported: BTreeMap::new(),
             known_names: BTreeMap::new(),
+            namesakes_reported: BTreeSet::new(),
             suspects: BTreeSet::new(),
             suspects_scanned: Duration::ZERO,
             last_fingerprint: 0,
@@ -1205,6 +1208,12 @@ impl Core {
     fn check_superseded(&mut self, now: Duration) {
         if self.state == NodeState::Superseded {
             return;
+        }
+        for old in self.view.older_namesakes(&self.cfg.addr) {
+            if self.namesakes_reported.insert(old) {
+                warn!(%old, "an older process with this name still runs; it will stand down");
+                self.events.push_back(Event::SupersedesOther { old });
+            }
         }
         if let Some(by) = self.view.superseded(&self.cfg.addr) {
             warn!(%by, "a newer process with this name runs: standing down");

@@ -38,7 +38,11 @@ impl Fleet {
     }
 
     fn start(&mut self, i: usize, boot: u64, seeds: &[usize]) {
-        let mut cfg = CoreConfig::new(format!("w{i}"), addr(i), boot);
+        self.start_named(&format!("w{i}"), i, boot, seeds);
+    }
+
+    fn start_named(&mut self, name: &str, i: usize, boot: u64, seeds: &[usize]) {
+        let mut cfg = CoreConfig::new(name, addr(i), boot);
         cfg.seeds = seeds.iter().map(|s| addr(*s)).collect();
         cfg.rng_seed = (i as u64) << 8 | boot;
         let core = Core::new(cfg, self.now).unwrap();
@@ -280,4 +284,47 @@ fn restarted_top_ranked_node_takes_ticket_back_only_once_ready() {
     // probe round trip a node waits after becoming ready before its first acquisition.
     let bound = Timing::lan().probe_rtt + Duration::from_millis(2);
     assert!(back - gap <= bound, "ownerless for {:?}", back - gap);
+}
+
+#[test]
+fn newer_process_with_the_same_name_supersedes_the_older_one() {
+    let mut f = fleet(3);
+    f.run_for(Duration::from_secs(2));
+    for i in 0..3 {
+        let now = f.now;
+        f.node(i).obtain(now, "echo", 1).unwrap();
+        f.flush(addr(i));
+    }
+    f.run_for(Duration::from_secs(2));
+    assert_eq!(f.holders("echo"), ["w0"]);
+    // A second "w0" on another address, started later.
+    f.start_named("w0", 3, 9000, &[0, 1, 2]);
+    let now = f.now;
+    f.node(3).obtain(now, "echo", 1).unwrap();
+    f.flush(addr(3));
+    f.run_for(Duration::from_secs(3));
+    assert_eq!(f.node(0).state(), NodeState::Superseded);
+    let old = |e: &Event| {
+        matches!(
+            e,
+            Event::Lost {
+                reason: LostReason::Superseded,
+                ..
+            }
+        )
+    };
+    assert!(f.events.iter().any(|(_, a, e)| *a == addr(0) && old(e)));
+    assert!(
+        f.events.iter().any(|(_, a, e)| *a == addr(3)
+            && matches!(e, Event::SupersedesOther { old } if *old == addr(0)))
+    );
+    // The newer w0 holds echo, and the older one no longer competes.
+    let holders: Vec<SocketAddr> = f
+        .nodes
+        .iter()
+        .filter(|(_, c)| c.own_record().claim("echo").is_some_and(|c| c.held))
+        .map(|(a, _)| *a)
+        .collect();
+    assert_eq!(holders, [addr(3)]);
+    assert!(f.node(0).obtain(now, "other", 1).is_err());
 }

@@ -400,6 +400,25 @@ impl View {
         (newest.1 != *addr && newest.0 >= indexed.boot).then_some(newest.1)
     }
 
+    /// Live members with the same name as `addr` and an older boot (they will stand down).
+    pub fn older_namesakes(&self, addr: &SocketAddr) -> Vec<SocketAddr> {
+        if self.shared_names == 0 {
+            return Vec::new();
+        }
+        let Some(indexed) = self.indexed.get(addr) else {
+            return Vec::new();
+        };
+        self.by_name
+            .get(&indexed.name)
+            .map(|set| {
+                set.iter()
+                    .filter(|(boot, a)| a != addr && (*boot, *a) < (indexed.boot, *addr))
+                    .map(|(_, a)| *a)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The name `addr` advertises in its valid record.
     pub fn name_of(&self, addr: &SocketAddr) -> Option<&str> {
         self.indexed.get(addr).map(|i| i.name.as_str())
