@@ -11,7 +11,7 @@ use tracing::Instrument;
 use crate::core::{
     Core, CoreConfig, LeaseId, LostReason, NodeState, OwnerInfo, Owners, Stats, Timing,
 };
-use crate::driver::{ClaimShared, ClaimStatus, Command, Driver};
+use crate::driver::{ClaimShared, ClaimStatus, Command, Driver, Socket};
 use crate::error::{Error, Result};
 use crate::record::{MAX_NAME_LEN, RecordError};
 
@@ -177,6 +177,65 @@ impl NodeBuilder {
         self
     }
 
+    fn boot_or_now(&self) -> u64 {
+        self.boot.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis() as u64)
+                .max(1)
+        })
+    }
+
+    fn core_config(&self, advertise: SocketAddr, boot: u64) -> CoreConfig {
+        let mut cfg = CoreConfig::new(self.name.clone(), advertise, boot);
+        cfg.seeds = self.join.clone();
+        cfg.timing = self.timing.clone();
+        cfg.sync_timeout = self.sync_timeout;
+        cfg.handoff_timeout = self.handoff_timeout;
+        cfg.step_down_backoff = self.step_down_backoff;
+        cfg.rng_seed = boot ^ crate::placement::name_hash(&self.name) ^ advertise.port() as u64;
+        cfg
+    }
+
+    /// Runs the node over `socket` on the caller's runtime instead of on a thread of its
+    /// own: the seam for deterministic network simulators (such as turmoil). `advertise`
+    /// is where peers reach `socket`. Returns the handle and the protocol loop, which the
+    /// caller must run; the loop is not `Send`, so run it on a current-thread runtime or
+    /// a `LocalSet`. The debug endpoint is not served in this mode.
+    pub fn run_on<S: Socket>(
+        self,
+        socket: S,
+        advertise: SocketAddr,
+    ) -> Result<(Node, impl Future<Output = ()>)> {
+        if self.name.is_empty() || self.name.len() > MAX_NAME_LEN {
+            return Err(Error::InvalidName(RecordError::BadName(self.name.len())));
+        }
+        if advertise.ip().is_unspecified() || advertise.port() == 0 {
+            return Err(Error::InvalidAdvertise(advertise));
+        }
+        let boot = self.boot_or_now();
+        let cfg = self.core_config(advertise, boot);
+        let origin = tokio::time::Instant::now();
+        let core = Core::new(cfg, origin.elapsed()).map_err(Error::InvalidName)?;
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let (state_tx, state) = watch::channel(NodeState::Joining);
+        let driver = Driver::new(socket, core, origin, commands, state_tx);
+        let span = tracing::info_span!("node", name = %self.name);
+        let node = Node {
+            inner: Arc::new(NodeInner {
+                name: self.name,
+                addr: advertise,
+                boot,
+                #[cfg(feature = "debug")]
+                debug_addr: None,
+                commands: commands_tx,
+                state,
+                thread: std::sync::Mutex::new(None),
+            }),
+        };
+        Ok((node, driver.run().instrument(span)))
+    }
+
     /// Binds the socket and starts the protocol thread.
     pub async fn start(self) -> Result<Node> {
         let bind = self.bind.ok_or(Error::MissingBind)?;
@@ -206,27 +265,17 @@ impl NodeBuilder {
         if advertise.ip().is_unspecified() || advertise.port() == 0 {
             return Err(Error::InvalidAdvertise(advertise));
         }
-        let boot = self.boot.unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(1, |d| d.as_millis() as u64)
-                .max(1)
-        });
-        let mut cfg = CoreConfig::new(self.name.clone(), advertise, boot);
-        cfg.seeds = self.join;
-        cfg.timing = self.timing;
-        cfg.sync_timeout = self.sync_timeout;
-        cfg.handoff_timeout = self.handoff_timeout;
-        cfg.step_down_backoff = self.step_down_backoff;
-        cfg.rng_seed = boot ^ crate::placement::name_hash(&self.name) ^ std::process::id() as u64;
+        let boot = self.boot_or_now();
+        let cfg = self.core_config(advertise, boot);
         #[cfg(feature = "debug")]
         let debug = self
             .debug_addr
             .map(|addr| (addr, crate::debug::EventSink::new()));
         #[cfg(feature = "debug")]
-        {
-            cfg.report_suspicions = debug.is_some();
-        }
+        let cfg = CoreConfig {
+            report_suspicions: debug.is_some(),
+            ..cfg
+        };
         #[cfg(feature = "debug")]
         let sink = debug.as_ref().map(|(_, sink)| sink.clone());
 
@@ -266,22 +315,12 @@ impl NodeBuilder {
                             }
                         };
                         let _ = started_tx.send(Ok(()));
-                        Driver {
-                            socket,
-                            core,
-                            origin,
-                            commands,
-                            state: state_tx,
-                            claims: Default::default(),
-                            owner_watches: Default::default(),
-                            next_candidacy: 0,
-                            leave_waiters: Vec::new(),
-                            withdraw_waiters: Vec::new(),
-                            #[cfg(feature = "debug")]
-                            debug: sink,
+                        let mut driver = Driver::new(socket, core, origin, commands, state_tx);
+                        #[cfg(feature = "debug")]
+                        {
+                            driver.debug = sink;
                         }
-                        .run()
-                        .await;
+                        driver.run().await;
                     }
                     .instrument(span),
                 );

@@ -115,6 +115,29 @@ pub(crate) struct Driver<S> {
 }
 
 impl<S: Socket> Driver<S> {
+    pub fn new(
+        socket: S,
+        core: Core,
+        origin: Instant,
+        commands: mpsc::UnboundedReceiver<Command>,
+        state: watch::Sender<NodeState>,
+    ) -> Self {
+        Driver {
+            socket,
+            core,
+            origin,
+            commands,
+            state,
+            claims: BTreeMap::new(),
+            owner_watches: BTreeMap::new(),
+            next_candidacy: 0,
+            leave_waiters: Vec::new(),
+            withdraw_waiters: Vec::new(),
+            #[cfg(feature = "debug")]
+            debug: None,
+        }
+    }
+
     fn now(&self) -> std::time::Duration {
         self.origin.elapsed()
     }

@@ -334,3 +334,33 @@ async fn invalid_input_returns_typed_errors() {
         Error::Stopped
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_runs_on_a_socket_and_runtime_the_caller_provides() {
+    let addrs: Vec<_> = (0..2).map(|_| free_addr()).collect();
+    let w0 = Node::builder("w0")
+        .bind(addrs[0])
+        .join(addrs.iter().copied())
+        .start()
+        .await
+        .unwrap();
+    // w1's protocol loop runs on this test's runtime, over a socket bound here.
+    let socket = tokio::net::UdpSocket::bind(addrs[1]).await.unwrap();
+    let (w1, protocol) = Node::builder("w1")
+        .join(addrs.iter().copied())
+        .run_on(socket, addrs[1])
+        .unwrap();
+    // The loop is not Send: it runs on a LocalSet.
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let protocol = tokio::task::spawn_local(protocol);
+            let _c0 = w0.obtain("echo", 1).await.unwrap();
+            let _c1 = w1.obtain("echo", 1).await.unwrap();
+            expect_owners(&[&w0, &w1], "echo", &["w0"]).await;
+            w1.leave().await;
+            protocol.await.unwrap();
+        })
+        .await;
+    w0.leave().await;
+}
