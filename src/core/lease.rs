@@ -463,12 +463,19 @@ impl Core {
                     );
                     self.stats.escapes += 1;
                 }
-                self.acquire(now, resource);
+                let reason = if !blockers.is_empty() {
+                    "blockers timed out"
+                } else if self.active {
+                    "desired"
+                } else {
+                    "desired, running alone"
+                };
+                self.acquire(now, resource, reason);
             }
         }
     }
 
-    fn acquire(&mut self, now: Duration, resource: &str) {
+    fn acquire(&mut self, now: Duration, resource: &str, reason: &str) {
         let lease = self.next_lease;
         self.next_lease += 1;
         let Some(claim) = self.claims.get_mut(resource) else {
@@ -490,7 +497,7 @@ impl Core {
         self.lost_since
             .retain(|addr, _| self.view.members.contains_key(addr));
         self.stats.acquisitions += 1;
-        info!(resource, lease, "acquired");
+        info!(resource, lease, reason, "acquired");
         self.events.push_back(Event::Acquired {
             resource: resource.to_string(),
             lease,
