@@ -86,10 +86,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_agree_in_owners_and_list_each_other() {
     let nodes = debug_fleet(3).await;
-    let mut candidacies = Vec::new();
-    for node in &nodes {
-        candidacies.push(node.obtain("echo", 1).await.unwrap());
-    }
+    let _candidacies = obtain_all(&nodes, "echo", 1).await;
     let refs: Vec<&Node> = nodes.iter().collect();
     expect_owners(&refs, "echo", &["w0"]).await;
     for node in &nodes {
@@ -239,10 +236,7 @@ async fn metrics_parse_and_counters_move_when_datagrams_flow_and_drop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_show_suspicion_down_and_new_acquisition_after_a_crash() {
     let nodes = debug_fleet(3).await;
-    let mut candidacies = Vec::new();
-    for node in &nodes {
-        candidacies.push(node.obtain("echo", 1).await.unwrap());
-    }
+    let _candidacies = obtain_all(&nodes, "echo", 1).await;
     let refs: Vec<&Node> = nodes.iter().collect();
     expect_owners(&refs, "echo", &["w0"]).await;
     // w2 is next for echo over w0..w2; watch its stream.
@@ -311,10 +305,7 @@ async fn dashboard_in_headless_chromium_shows_members_and_owner() {
         })
         .expect("chromium is installed (.ci/run installs Debian's chromium)");
     let nodes = debug_fleet(3).await;
-    let mut candidacies = Vec::new();
-    for node in &nodes {
-        candidacies.push(node.obtain("echo", 1).await.unwrap());
-    }
+    let _candidacies = obtain_all(&nodes, "echo", 1).await;
     let refs: Vec<&Node> = nodes.iter().collect();
     expect_owners(&refs, "echo", &["w0"]).await;
     let url = format!("http://{}/", nodes[1].debug_addr().unwrap());

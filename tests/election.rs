@@ -63,10 +63,7 @@ async fn withdraw_and_drop_of_candidacy_hand_over() {
     let nodes = start_fleet(&NAMES[..3], &addrs).await;
     let refs: Vec<&Node> = nodes.iter().collect();
     // echo over w0..w2 ranks w0, w2, w1.
-    let mut candidacies = Vec::new();
-    for node in &nodes {
-        candidacies.push(node.obtain("echo", 1).await.unwrap());
-    }
+    let mut candidacies = obtain_all(&nodes, "echo", 1).await;
     let lease = candidacies[0].acquired().await.unwrap();
     expect_owners(&refs, "echo", &["w0"]).await;
 

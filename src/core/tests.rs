@@ -50,6 +50,14 @@ impl Fleet {
         self.flush(addr(i));
     }
 
+    fn obtain_all(&mut self, nodes: std::ops::Range<usize>, resource: &str, tickets: u16) {
+        for i in nodes {
+            let now = self.now;
+            self.node(i).obtain(now, resource, tickets).unwrap();
+            self.flush(addr(i));
+        }
+    }
+
     fn crash(&mut self, i: usize) {
         self.nodes.remove(&addr(i));
     }
@@ -137,6 +145,15 @@ impl Fleet {
     }
 }
 
+/// `n` nodes that joined, all competing for `echo` with one ticket, settled.
+fn competing_fleet(n: usize) -> Fleet {
+    let mut f = fleet(n);
+    f.run_for(Duration::from_secs(2));
+    f.obtain_all(0..n, "echo", 1);
+    f.run_for(Duration::from_secs(2));
+    f
+}
+
 fn fleet(n: usize) -> Fleet {
     let mut f = Fleet::new();
     let all: Vec<usize> = (0..n).collect();
@@ -151,11 +168,7 @@ fn fleet_agrees_on_exactly_tickets_holders() {
     for tickets in [1u16, 2] {
         let mut f = fleet(5);
         f.run_for(Duration::from_secs(2));
-        for i in 0..5 {
-            let now = f.now;
-            f.node(i).obtain(now, "echo", tickets).unwrap();
-            f.flush(addr(i));
-        }
+        f.obtain_all(0..5, "echo", tickets);
         f.run_for(Duration::from_secs(3));
         let holders = f.holders("echo");
         assert_eq!(holders.len(), tickets as usize, "holders {holders:?}");
@@ -173,11 +186,7 @@ fn fleet_agrees_on_exactly_tickets_holders() {
 fn crash_of_holder_moves_ticket_to_next_ranked() {
     let mut f = fleet(5);
     f.run_for(Duration::from_secs(2));
-    for i in 0..5 {
-        let now = f.now;
-        f.node(i).obtain(now, "echo", 1).unwrap();
-        f.flush(addr(i));
-    }
+    f.obtain_all(0..5, "echo", 1);
     f.run_for(Duration::from_secs(3));
     let before = f.holders("echo");
     assert_eq!(before, ["w0"]);
@@ -194,11 +203,7 @@ fn higher_ranked_join_hands_over_without_two_holders() {
         f.start(i, 1000 + i as u64, &all);
     }
     f.run_for(Duration::from_secs(2));
-    for i in 1..5 {
-        let now = f.now;
-        f.node(i).obtain(now, "echo", 1).unwrap();
-        f.flush(addr(i));
-    }
+    f.obtain_all(1..5, "echo", 1);
     f.run_for(Duration::from_secs(2));
     assert_eq!(f.holders("echo"), ["w2"]);
     f.start(0, 2000, &all);
@@ -228,14 +233,7 @@ fn higher_ranked_join_hands_over_without_two_holders() {
 
 #[test]
 fn restarted_top_ranked_node_takes_ticket_back_only_once_ready() {
-    let mut f = fleet(3);
-    f.run_for(Duration::from_secs(2));
-    for i in 0..3 {
-        let now = f.now;
-        f.node(i).obtain(now, "echo", 1).unwrap();
-        f.flush(addr(i));
-    }
-    f.run_for(Duration::from_secs(2));
+    let mut f = competing_fleet(3);
     assert_eq!(f.holders("echo"), ["w0"]);
     f.crash(0);
     f.run_for(Duration::from_secs(5));
@@ -288,14 +286,7 @@ fn restarted_top_ranked_node_takes_ticket_back_only_once_ready() {
 
 #[test]
 fn newer_process_with_the_same_name_supersedes_the_older_one() {
-    let mut f = fleet(3);
-    f.run_for(Duration::from_secs(2));
-    for i in 0..3 {
-        let now = f.now;
-        f.node(i).obtain(now, "echo", 1).unwrap();
-        f.flush(addr(i));
-    }
-    f.run_for(Duration::from_secs(2));
+    let mut f = competing_fleet(3);
     assert_eq!(f.holders("echo"), ["w0"]);
     // A second "w0" on another address, started later.
     f.start_named("w0", 3, 9000, &[0, 1, 2]);

@@ -111,6 +111,15 @@ pub fn run_worker(name: &str, mut candidacy: Candidacy, log: &Log) -> tokio::tas
     })
 }
 
+/// Every node competes for `resource`; the candidacies are returned so they stay alive.
+pub async fn obtain_all(nodes: &[Node], resource: &str, tickets: u16) -> Vec<Candidacy> {
+    let mut candidacies = Vec::new();
+    for node in nodes {
+        candidacies.push(node.obtain(resource, tickets).await.unwrap());
+    }
+    candidacies
+}
+
 /// Starts nodes `names`, each joining through every address in `seeds`.
 pub async fn start_fleet(names: &[&str], seeds: &[SocketAddr]) -> Vec<Node> {
     let mut nodes = Vec::new();
