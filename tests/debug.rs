@@ -246,6 +246,11 @@ async fn events_show_suspicion_down_and_new_acquisition_after_a_crash() {
         format!("GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let crashed = nodes[0].addr().to_string();
+    // The stream replays earlier events first (start-up acquisitions among them).
+    let crash_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     nodes[0].crash().await;
 
     let mut lines = BufReader::new(stream).lines();
@@ -256,13 +261,16 @@ async fn events_show_suspicion_down_and_new_acquisition_after_a_crash() {
                 continue;
             };
             let event: EventView = serde_json::from_str(data.trim()).unwrap();
+            if event.unix_ms < crash_unix_ms {
+                continue;
+            }
             let about_crashed = event
                 .member
                 .as_deref()
                 .is_some_and(|m| m.ends_with(&crashed));
             match event.kind.as_str() {
                 "suspect" | "down" if about_crashed => seen.push(event.kind.clone()),
-                "acquired" if event.resource.as_deref() == Some("echo") => {
+                "acquired" if event.resource.as_deref() == Some("echo") && !seen.is_empty() => {
                     seen.push("acquired".into());
                     break;
                 }
