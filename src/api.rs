@@ -315,6 +315,7 @@ impl NodeBuilder {
                             }
                         };
                         let _ = started_tx.send(Ok(()));
+                        #[cfg_attr(not(feature = "debug"), allow(unused_mut))]
                         let mut driver = Driver::new(socket, core, origin, commands, state_tx);
                         #[cfg(feature = "debug")]
                         {
