@@ -40,6 +40,8 @@ pub struct RunConfig {
     pub resources: usize,
     /// Deliberate bugs, to prove the checkers catch them.
     pub bugs: PlantedBugs,
+    /// Print a progress line per simulated second to stderr.
+    pub progress: bool,
 }
 
 impl RunConfig {
@@ -55,6 +57,7 @@ impl RunConfig {
             tickets: None,
             resources: 4,
             bugs: PlantedBugs::default(),
+            progress: false,
         }
     }
 
@@ -152,6 +155,7 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
     );
     let kinds = plan.kinds.clone();
     let mut w = world::World::new(plan, config.seed, config.bugs, trace);
+    w.progress = config.progress;
     w.run();
     let mut violations = std::mem::take(&mut w.checks.violations);
     if kinds.contains(&"partition")

@@ -66,6 +66,9 @@ struct RunArgs {
     resources: usize,
     #[arg(long)]
     json: bool,
+    /// Print simulated time, events and traffic per simulated second to stderr.
+    #[arg(long)]
+    progress: bool,
 }
 
 impl RunArgs {
@@ -102,6 +105,7 @@ impl RunArgs {
         config.latency = (self.latency.as_nanos() as u64).max(1000);
         config.tickets = self.tickets;
         config.resources = self.resources;
+        config.progress = self.progress;
         Ok(config)
     }
 }

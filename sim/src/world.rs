@@ -158,6 +158,10 @@ pub struct World {
     pub(crate) hash: u64,
     pub(crate) events: u64,
     pub(crate) bytes: u64,
+    /// Bytes sent as foca datagrams (the rest is the election's own repair traffic).
+    foca_bytes: u64,
+    /// Print a line per simulated second to stderr.
+    pub(crate) progress: bool,
 }
 
 impl World {
@@ -216,6 +220,8 @@ impl World {
             hash: splitmix64(seed),
             events: 0,
             bytes: 0,
+            foca_bytes: 0,
+            progress: false,
             plan,
         };
         let stagger = world.plan.stagger * S;
@@ -279,9 +285,26 @@ impl World {
     /// Runs to the end of the plan.
     pub(crate) fn run(&mut self) {
         let end = self.plan.duration;
+        let began = std::time::Instant::now();
+        let mut next_report = S;
+        let (mut last_events, mut last_bytes, mut last_foca) = (0, 0, 0);
         while let Some((t, ev)) = self.pop() {
             if t > end {
                 break;
+            }
+            if self.progress && t >= next_report {
+                let nodes = self.nodes.len() as u64;
+                eprintln!(
+                    "t {:>4}s wall {:>7.2}s events {:>9} (+{}) bytes/node/s foca {} election {}",
+                    next_report / S,
+                    began.elapsed().as_secs_f64(),
+                    self.events,
+                    self.events - last_events,
+                    (self.foca_bytes - last_foca) / nodes,
+                    (self.bytes - self.foca_bytes - (last_bytes - last_foca)) / nodes,
+                );
+                (last_events, last_bytes, last_foca) = (self.events, self.bytes, self.foca_bytes);
+                next_report += S;
             }
             self.now = t;
             self.events += 1;
@@ -468,6 +491,9 @@ impl World {
         };
         for t in transmits {
             self.bytes += t.data.len() as u64;
+            if t.data.get(3) == Some(&(gossip_election::wire::Kind::Foca as u8)) {
+                self.foca_bytes += t.data.len() as u64;
+            }
             let Some(to) = index(&t.to) else { continue };
             if to as usize >= self.nodes.len() {
                 continue;

@@ -81,8 +81,11 @@ pub(crate) struct OwnClaim {
     pub withdrawn: bool,
     /// Stepped down: out of the candidates until then.
     pub backoff_until: Option<Duration>,
-    /// Blockers and when this node, ready and desired, first saw each block.
+    /// Holders that block, and when this node, ready and desired, first saw each block.
     pub blocked_since: BTreeMap<SocketAddr, Duration>,
+    /// When this node, ready and desired, first saw members whose records it lacks (each
+    /// a possible holder); such a member blocks from then or from when it went missing.
+    pub missing_blocked_since: Option<Duration>,
     /// The tickets mismatch last reported, if any.
     pub mismatch: Option<u16>,
     /// When the pending escape check fires, if one is scheduled.
@@ -126,6 +129,7 @@ impl Core {
             withdrawn: false,
             backoff_until: None,
             blocked_since: BTreeMap::new(),
+            missing_blocked_since: None,
             mismatch: None,
             escape_at: None,
         };
@@ -404,6 +408,7 @@ impl Core {
             LeaseState::Idle => {
                 if !(claim.candidate() && desired && self.ready && !self.leaving && !superseded) {
                     claim.blocked_since.clear();
+                    claim.missing_blocked_since = None;
                     return;
                 }
                 // A node that just became ready waits one probe round trip, so that an
@@ -427,18 +432,28 @@ impl Core {
                     .holders
                     .iter()
                     .filter(|h| **h != own && !placement.desired.contains(h))
-                    .chain(self.view.missing.keys())
                     .copied()
                     .collect();
                 claim.blocked_since.retain(|b, _| blockers.contains(b));
                 for b in &blockers {
                     claim.blocked_since.entry(*b).or_insert(now);
                 }
+                let missing = self.view.missing.len();
+                if missing == 0 {
+                    claim.missing_blocked_since = None;
+                } else {
+                    claim.missing_blocked_since.get_or_insert(now);
+                }
                 let patience = self.cfg.handoff_timeout + self.cfg.timing.anti_entropy_interval;
+                let missing_deadline = claim
+                    .missing_blocked_since
+                    .zip(self.view.latest_missing())
+                    .map(|(seen, since)| seen.max(since) + patience);
                 let waiting = claim
                     .blocked_since
                     .values()
                     .map(|since| *since + patience)
+                    .chain(missing_deadline)
                     .filter(|deadline| *deadline > now)
                     .max();
                 if let Some(deadline) = waiting {
@@ -455,15 +470,17 @@ impl Core {
                     );
                     return;
                 }
-                if !blockers.is_empty() {
+                let blocked = !blockers.is_empty() || missing > 0;
+                if blocked {
                     warn!(
                         resource,
                         ?blockers,
+                        missing_records = missing,
                         "blockers neither yielded nor went down: acquiring anyway"
                     );
                     self.stats.escapes += 1;
                 }
-                let reason = if !blockers.is_empty() {
+                let reason = if blocked {
                     "blockers timed out"
                 } else if self.active {
                     "desired"
@@ -483,6 +500,7 @@ impl Core {
         };
         claim.lease = LeaseState::Held { lease, since: now };
         claim.blocked_since.clear();
+        claim.missing_blocked_since = None;
         claim.escape_at = None;
         // A failover: the previous holder went away (suspected or down) before this.
         let gone_since = self
