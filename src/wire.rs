@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::NodeId;
 use crate::record::Record;
 
 /// First two bytes of every datagram.
@@ -44,6 +45,9 @@ pub enum Message {
         buckets: Vec<u64>,
         /// The sender's view digest.
         view: u64,
+        /// How many live members the sender knows (itself excluded): a receiver that
+        /// knows fewer asks for the sender's membership.
+        members: u32,
     },
     /// The sender's `(addr, boot, version)` entries of the buckets in `buckets` (a bit set),
     /// in answer to a [`Message::Digest`] that differed there.
@@ -55,6 +59,10 @@ pub enum Message {
         /// The sender's view digest.
         view: u64,
     },
+    /// "Send me your live members" (a newcomer, or a node that knows fewer than a peer).
+    MembersRequest,
+    /// Some of the sender's live members, as foca updates (applied without re-gossip).
+    Members(Vec<foca::Member<NodeId>>),
 }
 
 /// A decoded datagram.
@@ -114,20 +122,34 @@ pub fn encode(message: &Message) -> Vec<u8> {
 
 /// Splits records into as few [`Message::Records`] datagrams as fit in [`MAX_DATAGRAM`].
 pub fn encode_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Vec<Vec<u8>> {
+    encode_batches(records, Message::Records)
+}
+
+/// Splits members into as few [`Message::Members`] datagrams as fit in [`MAX_DATAGRAM`].
+pub fn encode_members<'a>(
+    members: impl IntoIterator<Item = &'a foca::Member<NodeId>>,
+) -> Vec<Vec<u8>> {
+    encode_batches(members, Message::Members)
+}
+
+fn encode_batches<'a, T: Serialize + Clone + 'a>(
+    items: impl IntoIterator<Item = &'a T>,
+    wrap: impl Fn(Vec<T>) -> Message,
+) -> Vec<Vec<u8>> {
     let mut datagrams = Vec::new();
-    let mut batch: Vec<Record> = Vec::new();
+    let mut batch: Vec<T> = Vec::new();
     let mut size = ENVELOPE_LEN + 3;
-    for record in records {
-        let len = postcard::experimental::serialized_size(record).unwrap_or(usize::MAX);
+    for item in items {
+        let len = postcard::experimental::serialized_size(item).unwrap_or(usize::MAX);
         if !batch.is_empty() && size + len > MAX_DATAGRAM {
-            datagrams.push(encode(&Message::Records(std::mem::take(&mut batch))));
+            datagrams.push(encode(&wrap(std::mem::take(&mut batch))));
             size = ENVELOPE_LEN + 3;
         }
         size += len;
-        batch.push(record.clone());
+        batch.push(item.clone());
     }
     if !batch.is_empty() {
-        datagrams.push(encode(&Message::Records(batch)));
+        datagrams.push(encode(&wrap(batch)));
     }
     datagrams
 }
@@ -171,6 +193,7 @@ mod tests {
         let mut data = encode(&Message::Digest {
             buckets: vec![1, 2],
             view: 3,
+            members: 4,
         });
         data[2] = VERSION + 1;
         assert_eq!(decode(&data).unwrap_err(), DropReason::Version);

@@ -15,6 +15,7 @@
 //! | C | `coverage:*` | a run whose plan partitions the network dropped packets at a partition; an owner crash hit an owner |
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use serde::Serialize;
 
@@ -478,10 +479,29 @@ impl World {
         for &i in &up {
             let core = self.nodes[i].core.as_ref().expect("up");
             if core.live_members() != up.len() - 1 {
+                // Name a few up nodes it lacks, with what its membership says of them.
+                let live: std::collections::BTreeSet<SocketAddr> =
+                    core.members().map(|id| id.addr).collect();
+                let lacks: Vec<String> = up
+                    .iter()
+                    .filter(|&&j| j != i && !live.contains(&crate::world::addr(j as u32)))
+                    .take(3)
+                    .map(|&j| {
+                        let held = core
+                            .membership()
+                            .find(|m| m.id().addr == crate::world::addr(j as u32))
+                            .map_or("unknown".to_string(), |m| {
+                                format!("{:?} boot {} bump {}", m.state(), m.id().boot, m.id().bump)
+                            });
+                        let actual = self.nodes[j].core.as_ref().map(|c| c.id());
+                        format!("n{j} ({held}; it runs as {actual:?})")
+                    })
+                    .collect();
                 return Err(format!(
-                    "views differ: n{i} sees {} of {} other members",
+                    "views differ: n{i} sees {} of {} other members; lacks {}",
                     core.live_members(),
-                    up.len() - 1
+                    up.len() - 1,
+                    lacks.join(", ")
                 ));
             }
             if self.nodes[i].fp != fp {

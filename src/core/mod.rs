@@ -289,6 +289,10 @@ pub struct Core {
     ready_at: Option<Duration>,
     /// A peer answered a digest with "same view": this node knows the live records it knows.
     view_confirmed: bool,
+    /// A membership answer arrived since this node last became active.
+    members_synced: bool,
+    /// When the membership was last asked for.
+    members_asked: Option<Duration>,
     active_since: Option<Duration>,
     leaving: bool,
     /// The view digest each member last reported, and when.
@@ -366,6 +370,8 @@ impl Core {
             ready: false,
             ready_at: None,
             view_confirmed: false,
+            members_synced: false,
+            members_asked: None,
             active_since: None,
             leaving: false,
             reported: BTreeMap::new(),
@@ -671,6 +677,9 @@ impl Core {
                     return; // superseded by an earlier one
                 }
                 self.pull_missing(now);
+                if self.active && !self.members_synced {
+                    self.request_members(now, None);
+                }
                 if self.active && !self.ready {
                     // Confirm the view with a peer before taking anything over.
                     self.send_digest(now);
@@ -719,10 +728,19 @@ impl Core {
                 }
             }
             Message::RecordRequest(addrs) => self.answer_request(from, &addrs),
-            Message::Digest { buckets, view } => {
+            Message::Digest {
+                buckets,
+                view,
+                members,
+            } => {
                 self.reported.insert(from, (view, now));
+                if usize::try_from(members).is_ok_and(|m| m > self.view.members.len()) {
+                    self.request_members(now, Some(from));
+                }
                 self.answer_digest(now, from, &buckets)
             }
+            Message::MembersRequest => self.answer_members_request(from),
+            Message::Members(members) => self.apply_members(now, from, members),
             Message::Versions {
                 buckets,
                 entries,
@@ -892,6 +910,9 @@ impl Core {
                 self.active = true;
                 self.ever_active = true;
                 self.active_since.get_or_insert(now);
+                self.members_synced = false;
+                self.members_asked = None;
+                self.request_members(now, None);
             }
             OwnedNotification::Idle => {
                 if !self.leaving {

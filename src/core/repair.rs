@@ -9,13 +9,19 @@
 //! - **Anti-entropy**: once per period, a digest of the live records (hashed into
 //!   buckets) goes to one random member; where buckets differ, the two exchange
 //!   `(addr, boot, version)` lists and then the newer records.
+//! - **Membership**: foca gossips only membership *changes*, so a node that becomes
+//!   active asks one member for its live members (and again whenever a peer's digest
+//!   says it knows more members); they are applied without re-gossip.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand::RngExt;
 
+use tracing::debug;
+
 use super::Core;
+use super::identity::NodeId;
 use super::view::BUCKETS;
 use crate::record::Record;
 use crate::wire::{MAX_DATAGRAM, Message};
@@ -76,6 +82,7 @@ impl Core {
             &Message::Digest {
                 buckets: digest,
                 view,
+                members: u32::try_from(self.view.members.len()).unwrap_or(u32::MAX),
             },
         );
     }
@@ -182,5 +189,62 @@ impl Core {
                 self.send_message(from, &Message::RecordRequest(chunk.to_vec()));
             }
         }
+    }
+
+    /// Asks a random live member for its membership: foca gossips only changes, so a node
+    /// that joined a large stable fleet, or missed updates, would otherwise learn members
+    /// only as they happen to probe it.
+    pub(super) fn request_members(&mut self, now: Duration, from: Option<SocketAddr>) {
+        if self.leaving || self.bug(|b| b.no_direct_repair) {
+            return;
+        }
+        let retry = self.cfg.timing.anti_entropy_interval;
+        if self.members_asked.is_some_and(|at| now < at + retry) {
+            return;
+        }
+        let to = match from {
+            Some(addr) => addr,
+            None if self.view.members.is_empty() => return,
+            None => {
+                let pick = self.rng.random_range(0..self.view.members.len());
+                *self.view.members.keys().nth(pick).expect("in range")
+            }
+        };
+        self.members_asked = Some(now);
+        self.send_message(to, &Message::MembersRequest);
+    }
+
+    /// Answers anyone, as foca answers any announce with a feed: the asker may be a
+    /// newcomer this node has not heard of yet.
+    pub(super) fn answer_members_request(&mut self, from: SocketAddr) {
+        let live: Vec<foca::Member<NodeId>> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() != foca::State::Down && m.id().addr != from)
+            .map(|m| foca::Member::new(*m.id(), m.incarnation(), foca::State::Alive))
+            .collect();
+        for datagram in crate::wire::encode_members(&live) {
+            self.send(from, datagram);
+        }
+    }
+
+    pub(super) fn apply_members(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        members: Vec<foca::Member<NodeId>>,
+    ) {
+        if !self.view.members.contains_key(&from) {
+            return;
+        }
+        self.members_synced = true;
+        let own = self.cfg.addr;
+        let updates = members
+            .into_iter()
+            .filter(|m| m.id().addr != own && m.state() == foca::State::Alive);
+        if let Err(err) = self.foca.apply_many(updates, false, &mut self.runtime) {
+            debug!(%err, "foca refused a membership answer");
+        }
+        self.drain_runtime(now);
     }
 }

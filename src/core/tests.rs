@@ -319,3 +319,27 @@ fn newer_process_with_the_same_name_supersedes_the_older_one() {
     assert_eq!(holders, [addr(3)]);
     assert!(f.node(0).obtain(now, "other", 1).is_err());
 }
+
+#[test]
+fn newcomer_learns_a_large_stable_fleet_from_one_membership_answer() {
+    // More members than one foca feed carries: gossip reports only changes, so without
+    // the membership answer a newcomer would learn the rest only as they probe it.
+    let n = 150;
+    let mut f = Fleet::new();
+    for i in 0..n {
+        f.start(i, 1000 + i as u64, &[0]);
+    }
+    f.run_for(Duration::from_secs(30));
+    for i in 0..n {
+        assert_eq!(f.node(i).live_members(), n - 1, "w{i} before the newcomer");
+    }
+    f.start(n, 5000, &[0]);
+    f.run_for(Duration::from_secs(1));
+    let newcomer = f.node(n);
+    assert_eq!(
+        newcomer.live_members(),
+        n,
+        "one second after joining, the newcomer knows {} of {n} members",
+        newcomer.live_members()
+    );
+}
