@@ -1,10 +1,12 @@
-//! A large fleet through a partition, an owner crash and a heal.
+//! A large fleet through a partition, an owner crash and a heal. At this size a node
+//! that rejoins (the crashed holder restarts) cannot learn every member from one foca
+//! feed; before the membership sync it still lacked members 30 s after the heal.
 
 use sim::{RunConfig, S, Scenario, run};
 
 #[test]
-fn two_hundred_nodes_ten_minutes_partition_crash_and_heal() {
-    let mut config = RunConfig::new(1, 200, Scenario::PartitionHalves);
+fn five_hundred_nodes_ten_minutes_partition_crash_and_heal() {
+    let mut config = RunConfig::new(1, 500, Scenario::PartitionHalves);
     config.duration = 600 * S;
     let report = run(&config, None);
     assert!(
