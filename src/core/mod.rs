@@ -848,14 +848,13 @@ impl Core {
     /// foca sends `TurnUndead` when a suspicion expires even if the suspect refuted it;
     /// a live node then renews its identity for nothing. Suppress it for live members.
     fn is_turn_undead_to_live(&self, to: &NodeId, data: &[u8]) -> bool {
-        if self.view.members.get(&to.addr) != Some(to) {
-            return false;
-        }
+        // The header first: a lookup in the member map costs more, and almost no packet
+        // is a `TurnUndead`.
         let mut codec = PostcardCodec;
         matches!(
             Codec::<NodeId>::decode_header(&mut codec, data),
             Ok(header) if matches!(header.message, FocaMessage::TurnUndead)
-        )
+        ) && self.view.members.get(&to.addr) == Some(to)
     }
 
     fn handle_notification(&mut self, now: Duration, notification: OwnedNotification<NodeId>) {
