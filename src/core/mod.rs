@@ -293,6 +293,8 @@ pub struct Core {
     members_synced: bool,
     /// When the membership was last asked for.
     members_asked: Option<Duration>,
+    /// When each asker last got the membership.
+    members_answered: BTreeMap<SocketAddr, Duration>,
     active_since: Option<Duration>,
     leaving: bool,
     /// The view digest each member last reported, and when.
@@ -372,6 +374,7 @@ impl Core {
             view_confirmed: false,
             members_synced: false,
             members_asked: None,
+            members_answered: BTreeMap::new(),
             active_since: None,
             leaving: false,
             reported: BTreeMap::new(),
@@ -739,7 +742,7 @@ impl Core {
                 }
                 self.answer_digest(now, from, &buckets)
             }
-            Message::MembersRequest => self.answer_members_request(from),
+            Message::MembersRequest => self.answer_members_request(now, from),
             Message::Members(members) => self.apply_members(now, from, members),
             Message::Versions {
                 buckets,

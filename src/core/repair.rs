@@ -202,8 +202,21 @@ impl Core {
         if self.members_asked.is_some_and(|at| now < at + retry) {
             return;
         }
+        // A seed that is live answered this node's announce, so it knows this node and
+        // will answer; otherwise a random member (it may not know this node yet, and then
+        // the repair timer asks another).
+        let seeds: Vec<SocketAddr> = self
+            .cfg
+            .seeds
+            .iter()
+            .filter(|s| self.view.members.contains_key(s))
+            .copied()
+            .collect();
         let to = match from {
             Some(addr) => addr,
+            None if !seeds.is_empty() && self.members_asked.is_none() => {
+                seeds[self.rng.random_range(0..seeds.len())]
+            }
             None if self.view.members.is_empty() => return,
             None => {
                 let pick = self.rng.random_range(0..self.view.members.len());
@@ -214,9 +227,22 @@ impl Core {
         self.send_message(to, &Message::MembersRequest);
     }
 
-    /// Answers anyone, as foca answers any announce with a feed: the asker may be a
-    /// newcomer this node has not heard of yet.
-    pub(super) fn answer_members_request(&mut self, from: SocketAddr) {
+    /// Answers live members only, each at most once per half anti-entropy period: the
+    /// answer is many datagrams, and must not be a way to flood an address.
+    pub(super) fn answer_members_request(&mut self, now: Duration, from: SocketAddr) {
+        if !self.view.members.contains_key(&from) {
+            return;
+        }
+        let spacing = self.cfg.timing.anti_entropy_interval / 2;
+        if self
+            .members_answered
+            .get(&from)
+            .is_some_and(|at| now < *at + spacing)
+        {
+            return;
+        }
+        self.members_answered.retain(|_, at| now < *at + spacing);
+        self.members_answered.insert(from, now);
         let live: Vec<foca::Member<NodeId>> = self
             .foca
             .iter_membership_state()
