@@ -268,6 +268,10 @@ pub struct Core {
     id: NodeId,
     foca: FocaInstance,
     foca_instance: u32,
+    /// foca's periodic gossip timer, held while foca has nothing to gossip (it would only
+    /// re-arm itself) and released as soon as it has: an idle node does not wake every
+    /// gossip interval.
+    parked_gossip: Option<(u32, Timer<NodeId>)>,
     foca_cluster_size: usize,
     runtime: AccumulatingRuntime<NodeId>,
     store: Rc<RefCell<Store>>,
@@ -353,6 +357,7 @@ impl Core {
             id,
             foca,
             foca_instance: 0,
+            parked_gossip: None,
             foca_cluster_size: 1,
             runtime: AccumulatingRuntime::new(),
             view: View::new(cfg.addr, cfg.boot),
@@ -655,6 +660,14 @@ impl Core {
     fn fire(&mut self, now: Duration, timer: CoreTimer) {
         match timer {
             CoreTimer::Foca { instance, timer } => {
+                if instance == self.foca_instance
+                    && matches!(timer, Timer::PeriodicGossip(_))
+                    && self.foca.updates_backlog() == 0
+                    && self.foca.custom_broadcast_backlog() == 0
+                {
+                    self.parked_gossip = Some((instance, timer));
+                    return;
+                }
                 if instance == self.foca_instance && (self.active || !self.leaving) {
                     if let Err(err) = self.foca.handle_timer(timer, &mut self.runtime) {
                         debug!(%err, "foca timer failed");
@@ -845,6 +858,13 @@ impl Core {
             if !progressed {
                 break;
             }
+        }
+        if self.parked_gossip.is_some()
+            && (self.foca.updates_backlog() > 0 || self.foca.custom_broadcast_backlog() > 0)
+            && let Some((instance, timer)) = self.parked_gossip.take()
+            && instance == self.foca_instance
+        {
+            self.schedule(now, CoreTimer::Foca { instance, timer });
         }
     }
 

@@ -18,6 +18,8 @@ struct Fleet {
     events: Vec<(Duration, SocketAddr, Event)>,
     latency: Duration,
     auto_drop: bool,
+    /// `handle_timeout` calls per node.
+    wakeups: BTreeMap<SocketAddr, u64>,
 }
 
 fn addr(i: usize) -> SocketAddr {
@@ -34,6 +36,7 @@ impl Fleet {
             events: Vec::new(),
             latency: Duration::from_millis(1),
             auto_drop: true,
+            wakeups: BTreeMap::new(),
         }
     }
 
@@ -130,6 +133,7 @@ impl Fleet {
                 }
             } else if let Some((_, a)) = next_timer {
                 self.nodes.get_mut(&a).unwrap().handle_timeout(t);
+                *self.wakeups.entry(a).or_default() += 1;
                 self.flush(a);
             }
         }
@@ -342,4 +346,22 @@ fn newcomer_learns_a_large_stable_fleet_from_one_membership_answer() {
         "one second after joining, the newcomer knows {} of {n} members",
         newcomer.live_members()
     );
+}
+
+#[test]
+fn settled_node_does_not_wake_every_gossip_interval() {
+    let mut f = competing_fleet(3);
+    f.run_for(Duration::from_secs(5));
+    f.wakeups.clear();
+    let span = Duration::from_secs(10);
+    f.run_for(span);
+    let gossip_ticks = (span.as_millis() / Timing::lan().gossip_interval.as_millis()) as u64;
+    for i in 0..3 {
+        let wakes = f.wakeups.get(&addr(i)).copied().unwrap_or(0);
+        assert!(
+            wakes < gossip_ticks,
+            "w{i} woke {wakes} times in {span:?}, at least once per gossip interval"
+        );
+    }
+    assert_eq!(f.holders("echo").len(), 1);
 }
