@@ -92,8 +92,17 @@ pub fn builder(name: &str) -> NodeBuilder {
 
 /// A free UDP port on 127.0.0.1 (bound and released).
 pub fn free_addr() -> SocketAddr {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap()
+    // The OS may hand a just-released port out again, so a port given to one test of
+    // this process is never given to another.
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        if HANDED_OUT.lock().unwrap().insert(addr.port()) {
+            return addr;
+        }
+    }
 }
 
 /// Runs the application loop of one worker: acquire, wait for `lost`, drop.
