@@ -55,10 +55,8 @@ async fn get_json<T: serde::de::DeserializeOwned>(addr: SocketAddr, path: &str) 
 async fn debug_fleet(n: usize) -> Vec<Node> {
     let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
     let mut nodes = Vec::new();
-    for (i, addr) in addrs.iter().enumerate() {
-        let node = Node::builder(format!("w{i}"))
-            .bind(*addr)
-            .join(addrs.iter().copied())
+    for i in 0..n {
+        let node = fleet_member(&format!("w{i}"), &addrs, i)
             .debug_addr("127.0.0.1:0".parse().unwrap())
             .start()
             .await
@@ -66,6 +64,15 @@ async fn debug_fleet(n: usize) -> Vec<Node> {
         nodes.push(node);
     }
     nodes
+}
+
+/// Three nodes with debug endpoints, competing for `echo`, settled on w0.
+async fn debug_fleet_owning_echo() -> (Vec<Node>, Vec<gossip_election::Candidacy>) {
+    let nodes = debug_fleet(3).await;
+    let candidacies = obtain_all(&nodes, "echo", 1).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    expect_owners(&refs, "echo", &["w0"]).await;
+    (nodes, candidacies)
 }
 
 async fn wait_until<F, Fut>(what: &str, mut check: F)
@@ -85,10 +92,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_agree_in_owners_and_list_each_other() {
-    let nodes = debug_fleet(3).await;
-    let _candidacies = obtain_all(&nodes, "echo", 1).await;
-    let refs: Vec<&Node> = nodes.iter().collect();
-    expect_owners(&refs, "echo", &["w0"]).await;
+    let (nodes, _candidacies) = debug_fleet_owning_echo().await;
     for node in &nodes {
         wait_until("every node to be a ready candidate", || async {
             node.candidates("echo").await.unwrap().len() == 3
@@ -235,10 +239,7 @@ async fn metrics_parse_and_counters_move_when_datagrams_flow_and_drop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_show_suspicion_down_and_new_acquisition_after_a_crash() {
-    let nodes = debug_fleet(3).await;
-    let _candidacies = obtain_all(&nodes, "echo", 1).await;
-    let refs: Vec<&Node> = nodes.iter().collect();
-    expect_owners(&refs, "echo", &["w0"]).await;
+    let (nodes, _candidacies) = debug_fleet_owning_echo().await;
     // w2 is next for echo over w0..w2; watch its stream.
     let addr = nodes[2].debug_addr().unwrap();
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -312,10 +313,7 @@ async fn dashboard_in_headless_chromium_shows_members_and_owner() {
                 .is_ok()
         })
         .expect("chromium is installed (.ci/run installs Debian's chromium)");
-    let nodes = debug_fleet(3).await;
-    let _candidacies = obtain_all(&nodes, "echo", 1).await;
-    let refs: Vec<&Node> = nodes.iter().collect();
-    expect_owners(&refs, "echo", &["w0"]).await;
+    let (nodes, _candidacies) = debug_fleet_owning_echo().await;
     let url = format!("http://{}/", nodes[1].debug_addr().unwrap());
     let profile = std::env::temp_dir().join(format!("ge-chromium-{}", std::process::id()));
     let output = tokio::process::Command::new(chromium)

@@ -106,12 +106,7 @@ async fn higher_ranked_join_makes_holder_lose_first_and_never_two_holders() {
     let refs: Vec<&Node> = late.iter().collect();
     expect_owners(&refs, "echo", &["w2"]).await;
 
-    let w0 = Node::builder("w0")
-        .bind(addrs[0])
-        .join(addrs.iter().copied())
-        .start()
-        .await
-        .unwrap();
+    let w0 = fleet_member("w0", &addrs, 0).start().await.unwrap();
     let candidacy = w0.obtain("echo", 1).await.unwrap();
     run_worker("w0", candidacy, &log);
     let mut all = refs.clone();
@@ -155,9 +150,7 @@ async fn restarted_top_ranked_node_takes_its_ticket_back() {
     let before = log.steps().len();
 
     // Same name, same address, a newer boot.
-    let w0 = Node::builder("w0")
-        .bind(addrs[0])
-        .join(addrs.iter().copied())
+    let w0 = fleet_member("w0", &addrs, 0)
         .boot(nodes[0].boot() + 1)
         .start()
         .await
@@ -200,9 +193,7 @@ async fn node_that_starts_alone_yields_when_it_meets_the_fleet() {
     let log = Log::default();
     let addrs: Vec<_> = (0..4).map(|_| free_addr()).collect();
     // w2 starts first: it reaches nobody, runs alone and takes echo.
-    let w2 = Node::builder("w2")
-        .bind(addrs[2])
-        .join(addrs.iter().copied())
+    let w2 = fleet_member("w2", &addrs, 2)
         .sync_timeout(Duration::from_millis(300))
         .start()
         .await
@@ -216,12 +207,7 @@ async fn node_that_starts_alone_yields_when_it_meets_the_fleet() {
     // The rest of the fleet (w0 ranks first) comes up.
     let mut nodes = vec![w2];
     for i in [0, 1, 3] {
-        let node = Node::builder(NAMES[i])
-            .bind(addrs[i])
-            .join(addrs.iter().copied())
-            .start()
-            .await
-            .unwrap();
+        let node = fleet_member(NAMES[i], &addrs, i).start().await.unwrap();
         let candidacy = node.obtain("echo", 1).await.unwrap();
         run_worker(NAMES[i], candidacy, &log);
         nodes.push(node);
@@ -335,12 +321,7 @@ async fn invalid_input_returns_typed_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_runs_on_a_socket_and_runtime_the_caller_provides() {
     let addrs: Vec<_> = (0..2).map(|_| free_addr()).collect();
-    let w0 = Node::builder("w0")
-        .bind(addrs[0])
-        .join(addrs.iter().copied())
-        .start()
-        .await
-        .unwrap();
+    let w0 = fleet_member("w0", &addrs, 0).start().await.unwrap();
     // w1's protocol loop runs on this test's runtime, over a socket bound here.
     let socket = tokio::net::UdpSocket::bind(addrs[1]).await.unwrap();
     let (w1, protocol) = Node::builder("w1")

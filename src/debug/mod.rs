@@ -469,22 +469,26 @@ fn render_metrics(s: &Snapshot) -> String {
         counter(st.suspicions_refuted),
     );
 
-    let datagrams = Family::<Labels, Counter<u64>>::default();
-    datagrams
-        .get_or_create(&label("direction", "in"))
-        .inc_by(st.datagrams_in);
-    datagrams
-        .get_or_create(&label("direction", "out"))
-        .inc_by(st.datagrams_out);
-    registry.register("datagrams", "Datagrams received and sent", datagrams);
-    let bytes = Family::<Labels, Counter<u64>>::default();
-    bytes
-        .get_or_create(&label("direction", "in"))
-        .inc_by(st.bytes_in);
-    bytes
-        .get_or_create(&label("direction", "out"))
-        .inc_by(st.bytes_out);
-    registry.register("bytes", "Datagram bytes received and sent", bytes);
+    let in_out = |received: u64, sent: u64| {
+        let family = Family::<Labels, Counter<u64>>::default();
+        family
+            .get_or_create(&label("direction", "in"))
+            .inc_by(received);
+        family
+            .get_or_create(&label("direction", "out"))
+            .inc_by(sent);
+        family
+    };
+    registry.register(
+        "datagrams",
+        "Datagrams received and sent",
+        in_out(st.datagrams_in, st.datagrams_out),
+    );
+    registry.register(
+        "bytes",
+        "Datagram bytes received and sent",
+        in_out(st.bytes_in, st.bytes_out),
+    );
 
     let dropped = Family::<Labels, Counter<u64>>::default();
     for reason in [

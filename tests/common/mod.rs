@@ -133,15 +133,16 @@ pub async fn obtain_all(nodes: &[Node], resource: &str, tickets: u16) -> Vec<Can
 pub async fn start_fleet(names: &[&str], seeds: &[SocketAddr]) -> Vec<Node> {
     let mut nodes = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        let node = Node::builder(*name)
-            .bind(seeds[i])
-            .join(seeds.iter().copied())
-            .start()
-            .await
-            .unwrap();
-        nodes.push(node);
+        nodes.push(fleet_member(name, seeds, i).start().await.unwrap());
     }
     nodes
+}
+
+/// The builder of fleet member `i`: bound to `addrs[i]`, joining through all of `addrs`.
+pub fn fleet_member(name: &str, addrs: &[SocketAddr], i: usize) -> NodeBuilder {
+    Node::builder(name)
+        .bind(addrs[i])
+        .join(addrs.iter().copied())
 }
 
 /// Waits until every node reports `expected` as both the holders and the desired owners
