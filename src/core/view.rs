@@ -172,8 +172,6 @@ pub(crate) struct View {
     pub members: BTreeMap<SocketAddr, NodeId>,
     /// Live members whose current record this node lacks, with when it was last asked for.
     pub missing: BTreeMap<SocketAddr, MissingSince>,
-    /// `missing` ordered by when each record went missing.
-    missing_since: BTreeSet<(std::time::Duration, SocketAddr)>,
     indexed: BTreeMap<SocketAddr, Indexed>,
     resources: BTreeMap<String, ResourceIndex>,
     /// Valid records by name: `(boot, addr)`, newest last.
@@ -230,7 +228,6 @@ impl View {
             own,
             members: BTreeMap::new(),
             missing: BTreeMap::new(),
-            missing_since: BTreeSet::new(),
             indexed: BTreeMap::new(),
             resources: BTreeMap::new(),
             by_name: BTreeMap::new(),
@@ -297,28 +294,6 @@ impl View {
     ) -> Vec<String> {
         let mut touched = Vec::new();
         let record = store.records.get(&addr).filter(|r| self.is_valid(r));
-        // Fast path: the same valid record content (a member seen again, or a version
-        // bump that changed nothing indexed) only moves the digest.
-        if let (Some(record), Some(old)) = (record, self.indexed.get_mut(&addr))
-            && old.boot == record.boot
-            && old.name == record.name
-        {
-            let same = old.claims.len() == record.claims.len()
-                && old.claims.iter().zip(&record.claims).all(|(o, c)| {
-                    o.resource == c.resource
-                        && o.tickets == c.tickets
-                        && o.candidate == (c.candidate && record.ready)
-                        && o.held == c.held
-                })
-                && old.content == content_hash(record);
-            if same {
-                let digest = entry_hash(&addr, record.boot, record.version);
-                self.digest[bucket_of(&addr)] ^= old.digest ^ digest;
-                old.digest = digest;
-                self.unmark_missing(&addr);
-                return touched;
-            }
-        }
         // The name index only changes when the name or boot does (rarely).
         let keep_name = record.is_some_and(|r| {
             self.indexed
@@ -328,8 +303,7 @@ impl View {
         if let Some(old) = self.indexed.remove(&addr) {
             self.digest[bucket_of(&addr)] ^= old.digest;
             self.content ^= old.content;
-            if keep_name {
-            } else if let Some(set) = self.by_name.get_mut(&old.name) {
+            if !keep_name && let Some(set) = self.by_name.get_mut(&old.name) {
                 if set.len() == 2 {
                     self.shared_names -= 1;
                 }
@@ -364,7 +338,7 @@ impl View {
         }
         match record {
             Some(record) => {
-                self.unmark_missing(&addr);
+                self.missing.remove(&addr);
                 let name_hash = name_hash(&record.name);
                 let mut indexed = Indexed {
                     name: record.name.clone(),
@@ -410,17 +384,12 @@ impl View {
             }
             None => {
                 if addr != self.own && self.members.contains_key(&addr) {
-                    if let std::collections::btree_map::Entry::Vacant(slot) =
-                        self.missing.entry(addr)
-                    {
-                        slot.insert(MissingSince {
-                            since: now,
-                            asked: None,
-                        });
-                        self.missing_since.insert((now, addr));
-                    }
+                    self.missing.entry(addr).or_insert(MissingSince {
+                        since: now,
+                        asked: None,
+                    });
                 } else {
-                    self.unmark_missing(&addr);
+                    self.missing.remove(&addr);
                 }
             }
         }
@@ -429,15 +398,9 @@ impl View {
         touched
     }
 
-    fn unmark_missing(&mut self, addr: &SocketAddr) {
-        if let Some(m) = self.missing.remove(addr) {
-            self.missing_since.remove(&(m.since, *addr));
-        }
-    }
-
     /// When the most recently missed record went missing.
     pub fn latest_missing(&self) -> Option<std::time::Duration> {
-        self.missing_since.last().map(|(since, _)| *since)
+        self.missing.values().map(|m| m.since).max()
     }
 
     /// True if a valid record with the same name and a newer boot exists.
