@@ -90,19 +90,25 @@ pub fn builder(name: &str) -> NodeBuilder {
         .handoff_timeout(Duration::from_secs(5))
 }
 
-/// A free UDP port on 127.0.0.1 (bound and released).
+/// A free UDP port on 127.0.0.1, from below Linux's ephemeral range (32768–60999): a
+/// port the OS hands out to any socket (another process's, such as the browser the
+/// dashboard test starts) could be taken between this check and the node's bind. A port
+/// given to one test of this process is never given to another.
 pub fn free_addr() -> SocketAddr {
-    // The OS may hand a just-released port out again, so a port given to one test of
-    // this process is never given to another.
-    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = socket.local_addr().unwrap();
-        if HANDED_OUT.lock().unwrap().insert(addr.port()) {
+    static NEXT: std::sync::Mutex<u16> = std::sync::Mutex::new(0);
+    let mut next = NEXT.lock().unwrap();
+    if *next == 0 {
+        *next = 20_000 + (std::process::id() % 1_000) as u16 * 10;
+    }
+    for _ in 20_000..=32_000 {
+        let port = *next;
+        *next = if port >= 32_000 { 20_000 } else { port + 1 };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::UdpSocket::bind(addr).is_ok() {
             return addr;
         }
     }
+    panic!("no free UDP port on 127.0.0.1 in 20000..=32000");
 }
 
 /// Runs the application loop of one worker: acquire, wait for `lost`, drop.
