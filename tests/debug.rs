@@ -53,17 +53,30 @@ async fn get_json<T: serde::de::DeserializeOwned>(addr: SocketAddr, path: &str) 
 }
 
 async fn debug_fleet(n: usize) -> Vec<Node> {
-    let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        let node = fleet_member(&format!("w{i}"), &addrs, i)
-            .debug_addr("127.0.0.1:0".parse().unwrap())
-            .start()
-            .await
-            .unwrap();
-        nodes.push(node);
+    // A port found free can be taken by another process before the node binds it: pick
+    // new ports and start again (a few times at most).
+    'attempt: for _ in 0..5 {
+        let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            match fleet_member(&format!("w{i}"), &addrs, i)
+                .debug_addr("127.0.0.1:0".parse().unwrap())
+                .start()
+                .await
+            {
+                Ok(node) => nodes.push(node),
+                Err(gossip_election::Error::Bind { .. }) => {
+                    for node in nodes {
+                        node.crash().await;
+                    }
+                    continue 'attempt;
+                }
+                Err(err) => panic!("starting w{i}: {err}"),
+            }
+        }
+        return nodes;
     }
-    nodes
+    panic!("could not bind {n} free UDP ports in 5 attempts");
 }
 
 /// Three nodes with debug endpoints, competing for `echo`, settled on w0.
