@@ -75,8 +75,8 @@ pub(crate) fn members_of(core: &Core) -> Vec<MemberInfo> {
     core.membership()
         .filter(|m| m.id().boot != 0)
         .map(|m| MemberInfo {
-            name: core.name_at(&m.id().addr).map(str::to_string),
-            addr: m.id().addr,
+            name: core.name_at(&m.id().addr()).map(str::to_string),
+            addr: m.id().addr(),
             boot: m.id().boot,
             state: match m.state() {
                 foca::State::Alive => MemberState::Alive,
@@ -91,7 +91,7 @@ pub(crate) fn members_of(core: &Core) -> Vec<MemberInfo> {
 pub(crate) fn info_of(core: &Core, now: Duration) -> NodeInfo {
     NodeInfo {
         name: core.name().to_string(),
-        addr: core.id().addr,
+        addr: core.id().addr(),
         boot: core.id().boot,
         state: core.state(),
         live_members: core.members().count(),

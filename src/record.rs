@@ -81,6 +81,22 @@ impl Record {
         self.claims.iter().find(|c| c.resource == resource)
     }
 
+    /// `(addr, boot, version)` of an encoded record, read without decoding (or allocating)
+    /// the rest: most records a node hears are copies of what it has.
+    pub fn peek(bytes: &[u8]) -> Option<(SocketAddr, u64, u64)> {
+        /// The leading fields of [`Record`], in its field order.
+        #[derive(Deserialize)]
+        struct Head<'a> {
+            addr: SocketAddr,
+            #[serde(borrow)]
+            _name: &'a str,
+            boot: u64,
+            version: u64,
+        }
+        let (head, _) = postcard::take_from_bytes::<Head<'_>>(bytes).ok()?;
+        Some((head.addr, head.boot, head.version))
+    }
+
     /// The postcard encoding.
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(self).expect("records always serialize")
@@ -103,7 +119,7 @@ impl Record {
                 return Err(RecordError::DuplicateResource(claim.resource.clone()));
             }
         }
-        let len = self.encode().len();
+        let len = postcard::experimental::serialized_size(self).unwrap_or(usize::MAX);
         if len > RECORD_CAP {
             return Err(RecordError::TooLarge(len));
         }
@@ -148,6 +164,13 @@ mod tests {
             record(40).validate(),
             Err(RecordError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn peek_reads_the_key_of_an_encoded_record() {
+        let r = record(3);
+        assert_eq!(Record::peek(&r.encode()), Some((r.addr, r.boot, r.version)));
+        assert_eq!(Record::peek(&[0xff, 0xff]), None);
     }
 
     #[test]

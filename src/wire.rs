@@ -54,7 +54,9 @@ pub enum Message {
     Versions {
         /// Bit `i` set: bucket `i` is listed in full.
         buckets: u32,
-        /// `(addr, boot, version)` of every live record in those buckets.
+        /// `(addr, boot, version)` of every live record in those buckets; or, when one
+        /// differing bucket alone is too large for a datagram, of part of it (then
+        /// `buckets` is 0).
         entries: Vec<(SocketAddr, u64, u64)>,
         /// The sender's view digest.
         view: u64,

@@ -481,7 +481,7 @@ impl World {
             if core.live_members() != up.len() - 1 {
                 // Name a few up nodes it lacks, with what its membership says of them.
                 let live: std::collections::BTreeSet<SocketAddr> =
-                    core.members().map(|id| id.addr).collect();
+                    core.members().map(|id| id.addr()).collect();
                 let lacks: Vec<String> = up
                     .iter()
                     .filter(|&&j| j != i && !live.contains(&crate::world::addr(j as u32)))
@@ -489,7 +489,7 @@ impl World {
                     .map(|&j| {
                         let held = core
                             .membership()
-                            .find(|m| m.id().addr == crate::world::addr(j as u32))
+                            .find(|m| m.id().addr() == crate::world::addr(j as u32))
                             .map_or("unknown".to_string(), |m| {
                                 format!("{:?} boot {} bump {}", m.state(), m.id().boot, m.id().bump)
                             });
@@ -505,8 +505,24 @@ impl World {
                 ));
             }
             if self.nodes[i].fp != fp {
+                let other = self.nodes[first].core.as_ref().expect("up");
+                let version = |c: &gossip_election::core::Core, j: usize| {
+                    c.record(&crate::world::addr(j as u32))
+                        .map(|r| (r.boot, r.version))
+                };
+                let differing: Vec<String> = up
+                    .iter()
+                    .filter(|&&j| version(core, j) != version(other, j))
+                    .take(3)
+                    .map(|&j| format!("n{j}: {:?} vs {:?}", version(core, j), version(other, j)))
+                    .collect();
+                let count = up
+                    .iter()
+                    .filter(|&&j| version(core, j) != version(other, j))
+                    .count();
                 return Err(format!(
-                    "views differ: n{i} and n{first} hold different records"
+                    "views differ: n{i} and n{first} hold {count} different records (boot, version): {}",
+                    differing.join(", ")
                 ));
             }
             if !core.is_ready() {

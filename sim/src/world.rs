@@ -573,7 +573,7 @@ impl World {
                 }
             }
             Event::MemberDown(id) => {
-                if let Some(j) = index(&id.addr) {
+                if let Some(j) = index(&id.addr()) {
                     let slot = &self.nodes[j as usize];
                     if slot.up() && slot.boot == id.boot {
                         self.checks

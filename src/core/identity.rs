@@ -1,38 +1,174 @@
-//! The foca identity of a node: small, because it rides in every packet header.
+//! The foca identity of a node: small, because it rides in every packet header, and
+//! cheap to compare, because foca finds a member by comparing its address with every
+//! member it knows.
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use serde::{Deserialize, Serialize};
+
+/// An address as foca compares it: the IP as 16 bytes (IPv4 mapped into IPv6), the port
+/// and the family, so that comparing two is a couple of word compares rather than a match
+/// over `SocketAddr`'s variants.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddrKey {
+    ip: [u8; 16],
+    port: u16,
+    v6: bool,
+}
+
+impl AddrKey {
+    /// The key of `addr`. IPv6 flow information and scope are not kept (they do not travel
+    /// on the wire either).
+    pub fn new(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(a) => AddrKey {
+                ip: a.ip().to_ipv6_mapped().octets(),
+                port: a.port(),
+                v6: false,
+            },
+            SocketAddr::V6(a) => AddrKey {
+                ip: a.ip().octets(),
+                port: a.port(),
+                v6: true,
+            },
+        }
+    }
+
+    /// The socket address back.
+    pub fn socket_addr(&self) -> SocketAddr {
+        let ip = Ipv6Addr::from(self.ip);
+        match (self.v6, ip.to_ipv4_mapped()) {
+            (false, Some(v4)) => SocketAddr::V4(SocketAddrV4::new(v4, self.port)),
+            _ => SocketAddr::V6(SocketAddrV6::new(ip, self.port, 0, 0)),
+        }
+    }
+}
+
+impl fmt::Debug for AddrKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.socket_addr(), f)
+    }
+}
 
 /// `{ addr, boot, bump }`: where to send, which process start, which renewal.
 ///
 /// The stable node `name` is not here: it travels in the node's record, so a restarted
-/// worker ranks where it ranked before.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// worker ranks where it ranked before. On the wire it is `(addr, boot, bump)` with the
+/// address as a `SocketAddr`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(from = "WireId", into = "WireId")]
 pub struct NodeId {
-    /// The advertise address.
-    pub addr: SocketAddr,
+    key: AddrKey,
     /// Rises on every process start.
     pub boot: u64,
     /// Rises when foca renews the identity (declared down while running).
     pub bump: u32,
 }
 
-impl foca::Identity for NodeId {
-    type Addr = SocketAddr;
-
-    fn renew(&self) -> Option<Self> {
-        Some(NodeId {
-            bump: self.bump.wrapping_add(1),
-            ..*self
-        })
+impl NodeId {
+    /// The identity of the process started as `boot` at `addr`, renewed `bump` times.
+    pub fn new(addr: SocketAddr, boot: u64, bump: u32) -> Self {
+        NodeId {
+            key: AddrKey::new(addr),
+            boot,
+            bump,
+        }
     }
 
-    fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The same process after one more renewal.
+    pub fn renewed(&self) -> Self {
+        NodeId {
+            bump: self.bump.wrapping_add(1),
+            ..*self
+        }
+    }
+
+    /// The advertise address.
+    pub fn addr(&self) -> SocketAddr {
+        self.key.socket_addr()
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeId")
+            .field("addr", &self.addr())
+            .field("boot", &self.boot)
+            .field("bump", &self.bump)
+            .finish()
+    }
+}
+
+/// The wire form of [`NodeId`].
+#[derive(Serialize, Deserialize)]
+struct WireId {
+    addr: SocketAddr,
+    boot: u64,
+    bump: u32,
+}
+
+impl From<WireId> for NodeId {
+    fn from(w: WireId) -> Self {
+        NodeId::new(w.addr, w.boot, w.bump)
+    }
+}
+
+impl From<NodeId> for WireId {
+    fn from(id: NodeId) -> Self {
+        WireId {
+            addr: id.addr(),
+            boot: id.boot,
+            bump: id.bump,
+        }
+    }
+}
+
+impl foca::Identity for NodeId {
+    type Addr = AddrKey;
+
+    fn renew(&self) -> Option<Self> {
+        Some(self.renewed())
+    }
+
+    fn addr(&self) -> AddrKey {
+        self.key
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
         (self.boot, self.bump) > (adversary.boot, adversary.bump)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_survive_the_compact_form_and_the_wire() {
+        for text in [
+            "10.1.2.3:7946",
+            "[2001:db8::1]:80",
+            "[::ffff:10.1.2.3]:7946",
+        ] {
+            let addr: SocketAddr = text.parse().unwrap();
+            let id = NodeId::new(addr, 42, 3);
+            assert_eq!(id.addr(), addr, "{text}");
+            let bytes = postcard::to_allocvec(&id).unwrap();
+            let back: NodeId = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(back, id, "{text}");
+        }
+        // An IPv4 address and its IPv6-mapped form are different members.
+        let v4 = NodeId::new("10.1.2.3:7946".parse().unwrap(), 1, 0);
+        let mapped = NodeId::new("[::ffff:10.1.2.3]:7946".parse().unwrap(), 1, 0);
+        assert_ne!(foca::Identity::addr(&v4), foca::Identity::addr(&mapped));
+    }
+
+    #[test]
+    fn wire_form_is_the_socket_addr_form() {
+        let addr: SocketAddr = "10.1.2.3:7946".parse().unwrap();
+        let id = NodeId::new(addr, 42, 3);
+        let expected = postcard::to_allocvec(&(addr, 42u64, 3u32)).unwrap();
+        assert_eq!(postcard::to_allocvec(&id).unwrap(), expected);
     }
 }

@@ -25,8 +25,8 @@ use foca::{
     AccumulatingRuntime, Codec, Foca, Member, Message as FocaMessage, OwnedNotification,
     PostcardCodec, Timer,
 };
-use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
 use tracing::{debug, info, warn};
 
 pub use identity::NodeId;
@@ -284,7 +284,10 @@ pub struct Core {
     claims: BTreeMap<String, OwnClaim>,
     watched: BTreeSet<String>,
     owners_seen: BTreeMap<String, Owners>,
+    /// Resources whose index changed: evaluate them and report their owners.
     dirty: BTreeSet<String>,
+    /// Membership changed: evaluate every claim (its owners change only with its index).
+    evaluate_claims: bool,
     state: NodeState,
     active: bool,
     ever_active: bool,
@@ -345,11 +348,7 @@ impl Core {
         cfg.seeds.retain(|s| *s != cfg.addr);
         cfg.seeds.sort();
         cfg.seeds.dedup();
-        let id = NodeId {
-            addr: cfg.addr,
-            boot: cfg.boot,
-            bump: 0,
-        };
+        let id = NodeId::new(cfg.addr, cfg.boot, 0);
         let store = Rc::new(RefCell::new(Store::default()));
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.rng_seed);
         let foca = Self::build_foca(id, &cfg, &store, &mut rng, 1);
@@ -371,6 +370,7 @@ impl Core {
             watched: BTreeSet::new(),
             owners_seen: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            evaluate_claims: false,
             state: NodeState::Joining,
             active: false,
             ever_active: false,
@@ -417,13 +417,17 @@ impl Core {
         rng: &mut Xoshiro256PlusPlus,
         cluster_size: usize,
     ) -> FocaInstance {
-        let foca_rng = Xoshiro256PlusPlus::seed_from_u64(rand::RngExt::random(rng));
+        let foca_rng = Xoshiro256PlusPlus::seed_from_u64(RngExt::random(rng));
+        let relay_rng = Xoshiro256PlusPlus::seed_from_u64(RngExt::random(rng));
         Foca::with_custom_broadcast(
             id,
             cfg.timing.foca_config(cluster_size),
             foca_rng,
             PostcardCodec,
-            RecordHandler(Rc::clone(store)),
+            RecordHandler {
+                store: Rc::clone(store),
+                rng: relay_rng,
+            },
         )
     }
 
@@ -803,13 +807,7 @@ impl Core {
             .cfg
             .seeds
             .iter()
-            .map(|addr| {
-                Member::down(NodeId {
-                    addr: *addr,
-                    boot: 0,
-                    bump: 0,
-                })
-            })
+            .map(|addr| Member::down(NodeId::new(*addr, 0, 0)))
             .collect();
         if let Err(err) = self
             .foca
@@ -823,11 +821,7 @@ impl Core {
     fn announce(&mut self, now: Duration) {
         let seeds = self.cfg.seeds.clone();
         for seed in seeds {
-            let placeholder = NodeId {
-                addr: seed,
-                boot: 0,
-                bump: 0,
-            };
+            let placeholder = NodeId::new(seed, 0, 0);
             if let Err(err) = self.foca.announce(placeholder, &mut self.runtime) {
                 debug!(%err, "announce failed");
             }
@@ -844,7 +838,7 @@ impl Core {
                     self.stats.suppressed_turn_undead += 1;
                     continue;
                 }
-                self.send(to.addr, wire::encode_foca(&data));
+                self.send(to.addr(), wire::encode_foca(&data));
             }
             while let Some((after, timer)) = self.runtime.to_schedule() {
                 progressed = true;
@@ -859,6 +853,11 @@ impl Core {
                 break;
             }
         }
+        // foca fills a packet with membership updates first and then tries every queued
+        // record against the room left, popping the whole queue; while the updates alone
+        // fill a packet, let it skip the records.
+        self.store.borrow_mut().updates_fill_packets =
+            self.foca.updates_backlog() >= view::UPDATES_PER_PACKET;
         if self.parked_gossip.is_some()
             && (self.foca.updates_backlog() > 0 || self.foca.custom_broadcast_backlog() > 0)
             && let Some((instance, timer)) = self.parked_gossip.take()
@@ -877,52 +876,52 @@ impl Core {
         matches!(
             Codec::<NodeId>::decode_header(&mut codec, data),
             Ok(header) if matches!(header.message, FocaMessage::TurnUndead)
-        ) && self.view.members.get(&to.addr) == Some(to)
+        ) && self.view.members.get(&to.addr()) == Some(to)
     }
 
     fn handle_notification(&mut self, now: Duration, notification: OwnedNotification<NodeId>) {
         match notification {
             OwnedNotification::MemberUp(id) => {
-                debug!(member = %id.addr, boot = id.boot, "member up");
+                debug!(member = %id.addr(), boot = id.boot, "member up");
                 self.member_up(now, id);
             }
             OwnedNotification::MemberDown(id) => {
-                debug!(member = %id.addr, boot = id.boot, "member down");
-                if self.view.members.get(&id.addr) == Some(&id) {
-                    if let Some(name) = self.view.name_of(&id.addr) {
-                        self.known_names.insert(id.addr, name.to_string());
+                debug!(member = %id.addr(), boot = id.boot, "member down");
+                if self.view.members.get(&id.addr()) == Some(&id) {
+                    if let Some(name) = self.view.name_of(&id.addr()) {
+                        self.known_names.insert(id.addr(), name.to_string());
                     }
-                    self.lost_since.entry(id.addr).or_insert(now);
-                    self.reported.remove(&id.addr);
-                    self.suspects.remove(&id.addr);
-                    self.view.remove_member(&id.addr);
-                    self.store.borrow_mut().records.remove(&id.addr);
-                    self.reindex(now, id.addr);
+                    self.lost_since.entry(id.addr()).or_insert(now);
+                    self.reported.remove(&id.addr());
+                    self.suspects.remove(&id.addr());
+                    self.view.remove_member(&id.addr());
+                    self.store.borrow_mut().records.remove(&id.addr());
+                    self.reindex(now, id.addr());
                     self.events.push_back(Event::MemberDown(id));
                     self.membership_changed();
                 }
             }
             OwnedNotification::Rename(old, new) => {
-                debug!(member = %new.addr, old_boot = old.boot, new_boot = new.boot, "member renamed");
-                let was_live = self.view.members.contains_key(&old.addr);
+                debug!(member = %new.addr(), old_boot = old.boot, new_boot = new.boot, "member renamed");
+                let was_live = self.view.members.contains_key(&old.addr());
                 if was_live {
                     if old.boot != new.boot {
                         let mut store = self.store.borrow_mut();
                         if store
                             .records
-                            .get(&old.addr)
+                            .get(&old.addr())
                             .is_some_and(|r| r.boot < new.boot)
                         {
-                            store.records.remove(&old.addr);
+                            store.records.remove(&old.addr());
                         }
                     }
                     self.view.insert_member(new);
-                    self.reindex(now, new.addr);
+                    self.reindex(now, new.addr());
                     if old.boot != new.boot {
                         self.events.push_back(Event::MemberDown(old));
                         self.events.push_back(Event::MemberUp(new));
                     }
-                    self.push_own_record(new.addr);
+                    self.push_own_record(new.addr());
                     self.membership_changed();
                     self.repair_soon(now);
                 }
@@ -959,15 +958,15 @@ impl Core {
             let mut store = self.store.borrow_mut();
             if store
                 .records
-                .get(&id.addr)
+                .get(&id.addr())
                 .is_some_and(|r| r.boot < id.boot)
             {
-                store.records.remove(&id.addr);
+                store.records.remove(&id.addr());
             }
         }
-        self.reindex(now, id.addr);
+        self.reindex(now, id.addr());
         self.events.push_back(Event::MemberUp(id));
-        self.push_own_record(id.addr);
+        self.push_own_record(id.addr());
         self.membership_changed();
         self.repair_soon(now);
     }
@@ -985,6 +984,16 @@ impl Core {
         if self.bug(|b| b.no_direct_repair) {
             return;
         }
+        // In a large fleet a member coming up would get one datagram from every member at
+        // once: a sample pushes, the newcomer pulls the rest in bulk.
+        let members = self.view.members.len();
+        if members > repair::PUSH_FANIN
+            && !self
+                .rng
+                .random_bool(repair::PUSH_FANIN as f64 / members as f64)
+        {
+            return;
+        }
         let own = self.own_record();
         self.send_records(to, &[own]);
     }
@@ -992,9 +1001,10 @@ impl Core {
     fn membership_changed(&mut self) {
         // Anything blocked on an unknown member may change; grow foca's retransmissions
         // with the cluster.
-        self.dirty.extend(self.claims.keys().cloned());
+        self.evaluate_claims = true;
         let size = self.view.members.len() + 1;
         let wanted = timing::max_transmissions(size);
+        self.store.borrow_mut().relay_probability = view::relay_probability(size, wanted.get());
         if wanted != timing::max_transmissions(self.foca_cluster_size) {
             self.foca_cluster_size = size;
             if let Err(err) = self.foca.set_config(self.cfg.timing.foca_config(size)) {
@@ -1005,10 +1015,7 @@ impl Core {
 
     fn rebuild_foca(&mut self, now: Duration) {
         self.stats.rebuilds += 1;
-        let renewed = NodeId {
-            bump: self.id.bump.wrapping_add(1),
-            ..self.id
-        };
+        let renewed = self.id.renewed();
         self.id = renewed;
         self.foca_instance = self.foca_instance.wrapping_add(1);
         self.foca = Self::build_foca(
@@ -1024,9 +1031,9 @@ impl Core {
         self.view_confirmed = false;
         let gone: Vec<NodeId> = self.view.members.values().copied().collect();
         for id in gone {
-            self.view.remove_member(&id.addr);
-            self.store.borrow_mut().records.remove(&id.addr);
-            self.reindex(now, id.addr);
+            self.view.remove_member(&id.addr());
+            self.store.borrow_mut().records.remove(&id.addr());
+            self.reindex(now, id.addr());
             self.events.push_back(Event::MemberDown(id));
         }
         self.membership_changed();
@@ -1140,11 +1147,20 @@ impl Core {
         }
         // Lease rules, then the owner reports, until nothing changes.
         for _ in 0..4 {
-            if self.dirty.is_empty() {
+            if self.dirty.is_empty() && !self.evaluate_claims {
                 break;
             }
             let dirty = std::mem::take(&mut self.dirty);
-            for resource in &dirty {
+            let evaluate: Vec<String> = if std::mem::take(&mut self.evaluate_claims) {
+                self.claims.keys().cloned().collect()
+            } else {
+                dirty
+                    .iter()
+                    .filter(|r| self.claims.contains_key(*r))
+                    .cloned()
+                    .collect()
+            };
+            for resource in &evaluate {
                 if self.claims.contains_key(resource) {
                     self.evaluate(now, resource);
                 }
@@ -1174,15 +1190,15 @@ impl Core {
         for member in self.foca.iter_members() {
             if member.state() == foca::State::Suspect {
                 let id = *member.id();
-                suspect_now.insert(id.addr);
-                if !self.suspects.contains(&id.addr) {
+                suspect_now.insert(id.addr());
+                if !self.suspects.contains(&id.addr()) {
                     raised.push(id);
                 }
             }
         }
         for id in raised {
             self.stats.suspicions_raised += 1;
-            self.lost_since.entry(id.addr).or_insert(now);
+            self.lost_since.entry(id.addr()).or_insert(now);
             self.events.push_back(Event::MemberSuspect(id));
         }
         let cleared: Vec<SocketAddr> = self.suspects.difference(&suspect_now).copied().collect();
@@ -1202,7 +1218,7 @@ impl Core {
             .foca
             .iter_members()
             .filter(|m| m.state() == foca::State::Alive)
-            .map(|m| (m.id().addr, *m.id()))
+            .map(|m| (m.id().addr(), *m.id()))
             .collect();
         let gone: Vec<SocketAddr> = self
             .view
@@ -1213,7 +1229,7 @@ impl Core {
             .collect();
         let back: Vec<NodeId> = alive
             .values()
-            .filter(|id| !self.view.members.contains_key(&id.addr))
+            .filter(|id| !self.view.members.contains_key(&id.addr()))
             .copied()
             .collect();
         for addr in gone {
@@ -1222,7 +1238,7 @@ impl Core {
         }
         for id in back {
             self.view.insert_member(id);
-            self.reindex(now, id.addr);
+            self.reindex(now, id.addr());
         }
     }
 

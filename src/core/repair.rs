@@ -26,13 +26,25 @@ use super::view::BUCKETS;
 use crate::record::Record;
 use crate::wire::{MAX_DATAGRAM, Message};
 
-/// Most members asked for their record per repair period.
+/// Most record requests per repair period.
 pub(crate) const PULL_BATCH: usize = 16;
+
+/// Most addresses in one record request (the answer fits a few datagrams).
+const PULL_ADDRS: usize = 32;
+
+/// In fleets up to this size every member pushes its record to a member seen coming up;
+/// above it, each does with probability `PUSH_FANIN / members`, so a newcomer gets about
+/// this many datagrams at once and pulls the rest in bulk.
+pub(crate) const PUSH_FANIN: usize = 32;
 
 /// Most `(addr, boot, version)` entries in one `Versions` answer (fits a datagram).
 const MAX_VERSION_ENTRIES: usize = (MAX_DATAGRAM - 64) / 30;
 
 impl Core {
+    /// Asks for records this node lacks. Each request lists up to [`PULL_ADDRS`] missing
+    /// members and goes to the first of them, which answers with its own record and any
+    /// of the others it holds: after a heal or a restart, one member of the other side
+    /// knows most of what is missing, so a few requests replace one per member.
     pub(super) fn pull_missing(&mut self, now: Duration) {
         if self.bug(|b| b.no_direct_repair) {
             return;
@@ -48,13 +60,20 @@ impl Core {
                 Some(at) => now >= at + retry,
             })
             .map(|(a, _)| *a)
-            .take(PULL_BATCH)
+            .take(PULL_BATCH * PULL_ADDRS)
             .collect();
-        for addr in due {
-            if let Some(m) = self.view.missing.get_mut(&addr) {
-                m.asked = Some(now);
+        for chunk in due.chunks(PULL_ADDRS) {
+            for addr in chunk {
+                if let Some(m) = self.view.missing.get_mut(addr) {
+                    m.asked = Some(now);
+                }
             }
-            self.send_message(addr, &Message::RecordRequest(Vec::new()));
+            let request = if chunk.len() == 1 {
+                Vec::new()
+            } else {
+                chunk.to_vec()
+            };
+            self.send_message(chunk[0], &Message::RecordRequest(request));
         }
     }
 
@@ -74,7 +93,9 @@ impl Core {
             return;
         }
         let pick = self.rng.random_range(0..self.view.members.len());
-        let to = *self.view.members.keys().nth(pick).expect("in range");
+        let Some(to) = self.view.member_at(pick) else {
+            return;
+        };
         let digest = self.view.digest().to_vec();
         let view = self.view.content_digest();
         self.send_message(
@@ -115,15 +136,25 @@ impl Core {
                 let store = self.store.borrow();
                 self.view.entries_in(1 << bucket, &store)
             };
-            if !entries.is_empty() && entries.len() + more.len() > MAX_VERSION_ENTRIES {
-                break;
+            if entries.len() + more.len() <= MAX_VERSION_ENTRIES {
+                mask |= 1 << bucket;
+                entries.extend(more);
+                continue;
             }
-            mask |= 1 << bucket;
-            entries.extend(more);
-            if entries.len() >= MAX_VERSION_ENTRIES {
-                entries.truncate(MAX_VERSION_ENTRIES);
-                break;
+            if entries.is_empty() {
+                // A bucket larger than one answer: list a window of it from a random
+                // entry, and leave it out of the mask so that the peer does not take
+                // the records left out as missing here.
+                let skip = self.rng.random_range(0..more.len());
+                entries.extend(
+                    more.iter()
+                        .cycle()
+                        .skip(skip)
+                        .take(MAX_VERSION_ENTRIES)
+                        .copied(),
+                );
             }
+            break;
         }
         self.send_message(
             from,
@@ -220,7 +251,10 @@ impl Core {
             None if self.view.members.is_empty() => return,
             None => {
                 let pick = self.rng.random_range(0..self.view.members.len());
-                *self.view.members.keys().nth(pick).expect("in range")
+                match self.view.member_at(pick) {
+                    Some(addr) => addr,
+                    None => return,
+                }
             }
         };
         self.members_asked = Some(now);
@@ -246,7 +280,7 @@ impl Core {
         let live: Vec<foca::Member<NodeId>> = self
             .foca
             .iter_membership_state()
-            .filter(|m| m.state() != foca::State::Down && m.id().addr != from)
+            .filter(|m| m.state() != foca::State::Down && m.id().addr() != from)
             .map(|m| foca::Member::new(*m.id(), m.incarnation(), foca::State::Alive))
             .collect();
         for datagram in crate::wire::encode_members(&live) {
@@ -267,7 +301,7 @@ impl Core {
         let own = self.cfg.addr;
         let updates = members
             .into_iter()
-            .filter(|m| m.id().addr != own && m.state() == foca::State::Alive);
+            .filter(|m| m.id().addr() != own && m.state() == foca::State::Alive);
         if let Err(err) = self.foca.apply_many(updates, false, &mut self.runtime) {
             debug!(%err, "foca refused a membership answer");
         }

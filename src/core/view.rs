@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -16,20 +16,72 @@ use crate::core::identity::NodeId;
 use crate::placement::{name_hash, score_hashed};
 use crate::record::Record;
 
-/// Number of anti-entropy digest buckets.
-pub(crate) const BUCKETS: usize = 16;
+/// Number of anti-entropy digest buckets (at most 32: `Versions` names them in a `u32`).
+/// At 1000 members a bucket holds about 31 records, so a differing bucket is listed whole
+/// in one datagram.
+pub(crate) const BUCKETS: usize = 32;
+
+/// A hasher with fixed keys: lookups only, never iterated where order matters.
+pub(crate) type FixedState = std::hash::BuildHasherDefault<std::hash::DefaultHasher>;
 
 /// Latest record per address, shared with foca's broadcast handler.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Store {
-    pub records: BTreeMap<SocketAddr, Record>,
+    /// Never iterated: looked up by address.
+    pub records: HashMap<SocketAddr, Record, FixedState>,
     /// Addresses whose record changed since the core last looked.
     pub changed: BTreeSet<SocketAddr>,
     /// Records refused because they did not validate.
     pub invalid: u64,
+    /// foca's queued membership updates fill a whole packet (no room for records).
+    pub updates_fill_packets: bool,
+    /// Chance that a record heard for the first time is gossiped on (see
+    /// [`relay_probability`]).
+    pub relay_probability: f64,
 }
 
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            records: HashMap::default(),
+            changed: BTreeSet::new(),
+            invalid: 0,
+            updates_fill_packets: false,
+            relay_probability: 1.0,
+        }
+    }
+}
+
+/// Fleets up to this size gossip on every record they hear first.
+pub(crate) const RELAY_ALL_UP_TO: usize = 64;
+
+/// Relaying members per member that hears a record, in larger fleets.
+const RELAY_SPREAD: f64 = 6.0;
+
+/// The chance that a member gossips on a record it hears first. Every relay forwards the
+/// record `max_transmissions` times, and foca walks its whole record queue for every
+/// packet it sends; so in a large fleet only enough members relay for the epidemic to
+/// spread (each hearer makes about [`RELAY_SPREAD`] more, which reaches all but about
+/// e^-6 of the fleet), and anti-entropy brings the rest.
+pub(crate) fn relay_probability(members: usize, max_transmissions: u8) -> f64 {
+    if members <= RELAY_ALL_UP_TO {
+        1.0
+    } else {
+        (RELAY_SPREAD / f64::from(max_transmissions.max(1))).min(1.0)
+    }
+}
+
+/// Queued membership updates that fill a packet: an update is at most about 30 bytes.
+pub(crate) const UPDATES_PER_PACKET: usize = crate::wire::MAX_DATAGRAM / 30;
+
 impl Store {
+    /// Whether a record `(addr, boot, version)` would be news.
+    pub fn is_news(&self, addr: &SocketAddr, boot: u64, version: u64) -> bool {
+        self.records
+            .get(addr)
+            .is_none_or(|old| (boot, version) > (old.boot, old.version))
+    }
+
     /// Keeps `record` if it is newer than what is stored for its address.
     pub fn offer(&mut self, record: Record) -> bool {
         // Most offers are copies of what is stored: compare versions before validating.
@@ -74,27 +126,45 @@ impl foca::Invalidates for RecordKey {
 pub(crate) struct BadRecord;
 
 /// foca's custom-broadcast handler: feeds records into the shared store.
-pub(crate) struct RecordHandler(pub Rc<RefCell<Store>>);
+pub(crate) struct RecordHandler {
+    pub store: Rc<RefCell<Store>>,
+    /// Decides which first-heard records are relayed.
+    pub rng: rand::rngs::Xoshiro256PlusPlus,
+}
 
 impl foca::BroadcastHandler<NodeId> for RecordHandler {
     type Key = RecordKey;
     type Error = BadRecord;
 
+    fn should_add_broadcast_data(&self, _member: &NodeId) -> bool {
+        !self.store.borrow().updates_fill_packets
+    }
+
     fn receive_item(
         &mut self,
         data: &[u8],
-        _sender: Option<&NodeId>,
+        sender: Option<&NodeId>,
     ) -> Result<Option<RecordKey>, BadRecord> {
+        if let Some((addr, boot, version)) = Record::peek(data)
+            && !self.store.borrow().is_news(&addr, boot, version)
+        {
+            return Ok(None);
+        }
         let record: Record = postcard::from_bytes(data).map_err(|_| BadRecord)?;
         let key = RecordKey {
             addr: record.addr,
             boot: record.boot,
             version: record.version,
         };
-        let mut store = self.0.borrow_mut();
+        let mut store = self.store.borrow_mut();
         let before = store.invalid;
         if store.offer(record) {
-            Ok(Some(key))
+            // This node's own record (no sender) always goes out.
+            let p = store.relay_probability;
+            let relay = sender.is_none()
+                || p >= 1.0
+                || rand::RngExt::random_bool(&mut self.rng, p.max(0.0));
+            Ok(relay.then_some(key))
         } else if store.invalid > before {
             Err(BadRecord)
         } else {
@@ -116,7 +186,7 @@ struct IndexedClaim {
 /// What was indexed for one address, to undo it.
 #[derive(Clone, Debug)]
 struct Indexed {
-    name: String,
+    name: Rc<str>,
     boot: u64,
     claims: Vec<IndexedClaim>,
     digest: u64,
@@ -142,7 +212,7 @@ fn content_hash(record: &Record) -> u64 {
 #[derive(Debug, Default)]
 pub(crate) struct ResourceIndex {
     /// Ready candidates in rank order: higher score, then smaller name.
-    ranked: BTreeSet<(Reverse<u64>, String, SocketAddr)>,
+    ranked: BTreeSet<(Reverse<u64>, Rc<str>, SocketAddr)>,
     /// How many ready candidates advertise each tickets value.
     tickets: BTreeMap<u16, usize>,
     /// Valid records that say they hold the resource.
@@ -170,16 +240,20 @@ pub(crate) struct View {
     pub own: SocketAddr,
     /// Live (alive or suspect) members, excluding this node.
     pub members: BTreeMap<SocketAddr, NodeId>,
+    /// The addresses of `members`, in no particular order, for a uniform random pick.
+    member_list: Vec<SocketAddr>,
     /// Live members whose current record this node lacks, with when it was last asked for.
     pub missing: BTreeMap<SocketAddr, MissingSince>,
     indexed: BTreeMap<SocketAddr, Indexed>,
     resources: BTreeMap<String, ResourceIndex>,
     /// Valid records by name: `(boot, addr)`, newest last.
-    by_name: BTreeMap<String, BTreeSet<(u64, SocketAddr)>>,
+    by_name: BTreeMap<Rc<str>, BTreeSet<(u64, SocketAddr)>>,
     /// How many names more than one valid record carries (almost always 0).
     shared_names: usize,
     /// XOR of entry hashes per bucket over valid records.
     digest: [u64; BUCKETS],
+    /// Addresses of valid records per bucket.
+    by_bucket: [BTreeSet<SocketAddr>; BUCKETS],
     /// XOR of `(addr, boot)` hashes over live members.
     member_hash: u64,
     /// XOR of content hashes (no versions) over valid records.
@@ -227,12 +301,14 @@ impl View {
         View {
             own,
             members: BTreeMap::new(),
+            member_list: Vec::new(),
             missing: BTreeMap::new(),
             indexed: BTreeMap::new(),
             resources: BTreeMap::new(),
             by_name: BTreeMap::new(),
             shared_names: 0,
             digest: [0; BUCKETS],
+            by_bucket: Default::default(),
             // This node counts as a member of its own view, so equal views hash equal.
             member_hash: entry_hash(&own, boot, 0),
             content: 0,
@@ -241,17 +317,27 @@ impl View {
 
     /// Adds a live member (replacing an older identity at its address).
     pub fn insert_member(&mut self, id: NodeId) {
-        if let Some(old) = self.members.insert(id.addr, id) {
-            self.member_hash ^= entry_hash(&old.addr, old.boot, 0);
+        if let Some(old) = self.members.insert(id.addr(), id) {
+            self.member_hash ^= entry_hash(&old.addr(), old.boot, 0);
+        } else {
+            self.member_list.push(id.addr());
         }
-        self.member_hash ^= entry_hash(&id.addr, id.boot, 0);
+        self.member_hash ^= entry_hash(&id.addr(), id.boot, 0);
     }
 
     /// Removes a live member.
     pub fn remove_member(&mut self, addr: &SocketAddr) -> Option<NodeId> {
         let old = self.members.remove(addr)?;
-        self.member_hash ^= entry_hash(&old.addr, old.boot, 0);
+        if let Some(pos) = self.member_list.iter().position(|a| a == addr) {
+            self.member_list.swap_remove(pos);
+        }
+        self.member_hash ^= entry_hash(&old.addr(), old.boot, 0);
         Some(old)
+    }
+
+    /// The `i`-th live member in an arbitrary but deterministic order (`i < members.len()`).
+    pub fn member_at(&self, i: usize) -> Option<SocketAddr> {
+        self.member_list.get(i).copied()
     }
 
     /// Live members and what their records say (not their versions).
@@ -286,6 +372,10 @@ impl View {
 
     /// Re-derives everything indexed for `addr` from the store and membership. Returns the
     /// resources whose index changed.
+    ///
+    /// A new version of a record usually changes one claim (or none: a version bump the
+    /// view must still count), so only the claims that differ are unindexed and indexed
+    /// again.
     pub fn reindex(
         &mut self,
         addr: SocketAddr,
@@ -294,108 +384,210 @@ impl View {
     ) -> Vec<String> {
         let mut touched = Vec::new();
         let record = store.records.get(&addr).filter(|r| self.is_valid(r));
-        // The name index only changes when the name or boot does (rarely).
-        let keep_name = record.is_some_and(|r| {
-            self.indexed
-                .get(&addr)
-                .is_some_and(|old| old.boot == r.boot && old.name == r.name)
-        });
-        if let Some(old) = self.indexed.remove(&addr) {
-            self.digest[bucket_of(&addr)] ^= old.digest;
-            self.content ^= old.content;
-            if !keep_name && let Some(set) = self.by_name.get_mut(&old.name) {
-                if set.len() == 2 {
-                    self.shared_names -= 1;
-                }
-                set.remove(&(old.boot, addr));
-                if set.is_empty() {
-                    self.by_name.remove(&old.name);
-                }
+        let Some(record) = record else {
+            if let Some(old) = self.indexed.remove(&addr) {
+                self.unindex_all(addr, old, &mut touched);
             }
-            for claim in old.claims {
-                if let Some(ri) = self.resources.get_mut(&claim.resource) {
-                    if claim.candidate {
-                        ri.ranked
-                            .remove(&(Reverse(claim.score), old.name.clone(), addr));
-                        ri.advertised.remove(&addr);
-                        if let Some(n) = ri.tickets.get_mut(&claim.tickets) {
-                            *n -= 1;
-                            if *n == 0 {
-                                ri.tickets.remove(&claim.tickets);
-                            }
-                        }
-                    }
-                    if claim.held {
-                        ri.holders.remove(&addr);
-                    }
-                    ri.interested.remove(&addr);
-                    if ri.interested.is_empty() {
-                        self.resources.remove(&claim.resource);
-                    }
-                }
-                touched.push(claim.resource);
-            }
-        }
-        match record {
-            Some(record) => {
+            if addr != self.own && self.members.contains_key(&addr) {
+                self.missing.entry(addr).or_insert(MissingSince {
+                    since: now,
+                    asked: None,
+                });
+            } else {
                 self.missing.remove(&addr);
+            }
+            touched.sort();
+            touched.dedup();
+            return touched;
+        };
+        self.missing.remove(&addr);
+        let digest = entry_hash(&addr, record.boot, record.version);
+        let content = content_hash(record);
+        let same_identity = self
+            .indexed
+            .get(&addr)
+            .is_some_and(|old| old.boot == record.boot && *old.name == *record.name);
+        if same_identity {
+            let mut old = self.indexed.remove(&addr).expect("checked above");
+            self.digest[bucket_of(&addr)] ^= old.digest ^ digest;
+            self.content ^= old.content ^ content;
+            old.digest = digest;
+            old.content = content;
+            if !self.same_claims(&old, record) {
                 let name_hash = name_hash(&record.name);
-                let mut indexed = Indexed {
-                    name: record.name.clone(),
-                    boot: record.boot,
-                    claims: Vec::with_capacity(record.claims.len()),
-                    digest: entry_hash(&addr, record.boot, record.version),
-                    content: content_hash(record),
-                };
-                self.digest[bucket_of(&addr)] ^= indexed.digest;
-                self.content ^= indexed.content;
-                if !keep_name {
-                    let set = self.by_name.entry(record.name.clone()).or_default();
-                    set.insert((record.boot, addr));
-                    if set.len() == 2 {
-                        self.shared_names += 1;
-                    }
-                }
+                let mut before = std::mem::take(&mut old.claims);
                 for claim in &record.claims {
-                    let score =
-                        score_hashed(crate::placement::name_hash(&claim.resource), name_hash);
                     let candidate = claim.candidate && record.ready;
-                    let ri = self.resources.entry(claim.resource.clone()).or_default();
-                    if candidate {
-                        ri.ranked
-                            .insert((Reverse(score), record.name.clone(), addr));
-                        ri.advertised.insert(addr, claim.tickets);
-                        *ri.tickets.entry(claim.tickets).or_default() += 1;
+                    if let Some(pos) = before.iter().position(|o| o.resource == claim.resource) {
+                        let o = before.swap_remove(pos);
+                        if o.tickets == claim.tickets && o.candidate == candidate {
+                            // Only whether it is held can differ.
+                            if o.held != claim.held {
+                                if let Some(ri) = self.resources.get_mut(&o.resource) {
+                                    if claim.held {
+                                        ri.holders.insert(addr);
+                                    } else {
+                                        ri.holders.remove(&addr);
+                                    }
+                                }
+                                touched.push(o.resource.clone());
+                            }
+                            old.claims.push(IndexedClaim {
+                                held: claim.held,
+                                ..o
+                            });
+                            continue;
+                        }
+                        self.unindex_claim(addr, &old.name, &o);
+                        touched.push(o.resource);
                     }
-                    if claim.held {
-                        ri.holders.insert(addr);
-                    }
-                    ri.interested.insert(addr);
+                    let name = old.name.clone();
+                    let indexed = self.index_claim(addr, &name, record, claim, name_hash);
                     touched.push(claim.resource.clone());
-                    indexed.claims.push(IndexedClaim {
-                        resource: claim.resource.clone(),
-                        score,
-                        tickets: claim.tickets,
-                        candidate,
-                        held: claim.held,
-                    });
+                    old.claims.push(indexed);
                 }
-                self.indexed.insert(addr, indexed);
-            }
-            None => {
-                if addr != self.own && self.members.contains_key(&addr) {
-                    self.missing.entry(addr).or_insert(MissingSince {
-                        since: now,
-                        asked: None,
-                    });
-                } else {
-                    self.missing.remove(&addr);
+                for o in before {
+                    self.unindex_claim(addr, &old.name, &o);
+                    touched.push(o.resource);
                 }
             }
+            self.indexed.insert(addr, old);
+        } else {
+            if let Some(old) = self.indexed.remove(&addr) {
+                self.unindex_all(addr, old, &mut touched);
+            }
+            let name_hash = name_hash(&record.name);
+            let name: Rc<str> = Rc::from(record.name.as_str());
+            let mut indexed = Indexed {
+                name: name.clone(),
+                boot: record.boot,
+                claims: Vec::with_capacity(record.claims.len()),
+                digest,
+                content,
+            };
+            let bucket = bucket_of(&addr);
+            self.digest[bucket] ^= digest;
+            self.by_bucket[bucket].insert(addr);
+            self.content ^= content;
+            let set = self.by_name.entry(name.clone()).or_default();
+            set.insert((record.boot, addr));
+            if set.len() == 2 {
+                self.shared_names += 1;
+            }
+            self.touch_namesakes(&record.name, addr, &mut touched);
+            for claim in &record.claims {
+                indexed
+                    .claims
+                    .push(self.index_claim(addr, &name, record, claim, name_hash));
+                touched.push(claim.resource.clone());
+            }
+            self.indexed.insert(addr, indexed);
         }
         touched.sort();
         touched.dedup();
         touched
+    }
+
+    /// A record with a name others carry changes which of them is superseded, and so the
+    /// placement of what they claim.
+    fn touch_namesakes(&self, name: &str, addr: SocketAddr, touched: &mut Vec<String>) {
+        let Some(set) = self.by_name.get(name) else {
+            return;
+        };
+        for (_, other) in set.iter().filter(|(_, a)| *a != addr) {
+            if let Some(indexed) = self.indexed.get(other) {
+                touched.extend(indexed.claims.iter().map(|c| c.resource.clone()));
+            }
+        }
+    }
+
+    /// Whether `record` indexes exactly as `old` does (a bare version bump).
+    fn same_claims(&self, old: &Indexed, record: &Record) -> bool {
+        old.claims.len() == record.claims.len()
+            && old.claims.iter().zip(&record.claims).all(|(o, c)| {
+                o.resource == c.resource
+                    && o.tickets == c.tickets
+                    && o.candidate == (c.candidate && record.ready)
+                    && o.held == c.held
+            })
+    }
+
+    /// Removes everything indexed for `addr`.
+    fn unindex_all(&mut self, addr: SocketAddr, old: Indexed, touched: &mut Vec<String>) {
+        let bucket = bucket_of(&addr);
+        self.digest[bucket] ^= old.digest;
+        self.by_bucket[bucket].remove(&addr);
+        self.content ^= old.content;
+        if let Some(set) = self.by_name.get_mut(&old.name) {
+            if set.len() == 2 {
+                self.shared_names -= 1;
+            }
+            set.remove(&(old.boot, addr));
+            if set.is_empty() {
+                self.by_name.remove(&old.name);
+            }
+        }
+        self.touch_namesakes(&old.name, addr, touched);
+        for claim in &old.claims {
+            self.unindex_claim(addr, &old.name, claim);
+        }
+        touched.extend(old.claims.into_iter().map(|c| c.resource));
+    }
+
+    fn unindex_claim(&mut self, addr: SocketAddr, name: &Rc<str>, claim: &IndexedClaim) {
+        let Some(ri) = self.resources.get_mut(&claim.resource) else {
+            return;
+        };
+        if claim.candidate {
+            ri.ranked
+                .remove(&(Reverse(claim.score), name.clone(), addr));
+            ri.advertised.remove(&addr);
+            if let Some(n) = ri.tickets.get_mut(&claim.tickets) {
+                *n -= 1;
+                if *n == 0 {
+                    ri.tickets.remove(&claim.tickets);
+                }
+            }
+        }
+        if claim.held {
+            ri.holders.remove(&addr);
+        }
+        ri.interested.remove(&addr);
+        if ri.interested.is_empty() {
+            self.resources.remove(&claim.resource);
+        }
+    }
+
+    fn index_claim(
+        &mut self,
+        addr: SocketAddr,
+        name: &Rc<str>,
+        record: &Record,
+        claim: &crate::record::Claim,
+        name_hash: u64,
+    ) -> IndexedClaim {
+        let score = score_hashed(crate::placement::name_hash(&claim.resource), name_hash);
+        let candidate = claim.candidate && record.ready;
+        let ri = match self.resources.get_mut(&claim.resource) {
+            Some(ri) => ri,
+            None => self.resources.entry(claim.resource.clone()).or_default(),
+        };
+        if candidate {
+            ri.ranked.insert((Reverse(score), name.clone(), addr));
+            ri.advertised.insert(addr, claim.tickets);
+            *ri.tickets.entry(claim.tickets).or_default() += 1;
+        }
+        if claim.held {
+            ri.holders.insert(addr);
+        }
+        ri.interested.insert(addr);
+        IndexedClaim {
+            resource: claim.resource.clone(),
+            score,
+            tickets: claim.tickets,
+            candidate,
+            held: claim.held,
+        }
     }
 
     /// When the most recently missed record went missing.
@@ -434,7 +626,7 @@ impl View {
 
     /// The name `addr` advertises in its valid record.
     pub fn name_of(&self, addr: &SocketAddr) -> Option<&str> {
-        self.indexed.get(addr).map(|i| i.name.as_str())
+        self.indexed.get(addr).map(|i| &*i.name)
     }
 
     /// The placement of `resource` in this view.
@@ -500,9 +692,9 @@ impl View {
 
     /// `(addr, boot, version)` of valid records in the buckets of `mask`.
     pub fn entries_in(&self, mask: u32, store: &Store) -> Vec<(SocketAddr, u64, u64)> {
-        self.indexed
-            .keys()
-            .filter(|a| mask & (1 << bucket_of(a)) != 0)
+        (0..BUCKETS)
+            .filter(|b| mask & (1 << b) != 0)
+            .flat_map(|b| &self.by_bucket[b])
             .filter_map(|a| store.records.get(a).map(|r| (*a, r.boot, r.version)))
             .collect()
     }

@@ -136,7 +136,7 @@ pub(crate) fn snapshot(core: &Core, now: Duration) -> Snapshot {
     // The node itself first: it is a member of its own view.
     let own = MemberView {
         name: Some(core.name().to_string()),
-        addr: core.id().addr,
+        addr: core.id().addr(),
         boot: core.id().boot,
         state: "alive".to_string(),
         incarnation: 0,
@@ -182,7 +182,7 @@ pub(crate) fn snapshot(core: &Core, now: Duration) -> Snapshot {
     Snapshot {
         node: NodeView {
             name: core.name().to_string(),
-            addr: core.id().addr,
+            addr: core.id().addr(),
             boot: core.id().boot,
             state: core.state().as_str().to_string(),
             view_digest: hex(core.view_digest()),
@@ -217,9 +217,9 @@ impl EventSink {
 
     pub fn publish(&self, core: &Core, now: Duration, event: &Event) {
         let member = |id: &crate::core::NodeId| {
-            Some(match core.name_at(&id.addr) {
-                Some(name) => format!("{name}@{}", id.addr),
-                None => id.addr.to_string(),
+            Some(match core.name_at(&id.addr()) {
+                Some(name) => format!("{name}@{}", id.addr()),
+                None => id.addr().to_string(),
             })
         };
         let (kind, member, resource, reason) = match event {
