@@ -7,12 +7,15 @@ use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use serde::{Deserialize, Serialize};
 
-/// An address as foca compares it: the IP as 16 bytes (IPv4 mapped into IPv6), the port
-/// and the family, so that comparing two is a couple of word compares rather than a match
-/// over `SocketAddr`'s variants.
+/// An address as foca compares it: the IP as 16 bytes (IPv4 mapped into IPv6) in two
+/// words, the port and the family, so that comparing two is a word compare (the low word,
+/// which holds an IPv4 address, first) rather than a match over `SocketAddr`'s variants.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AddrKey {
-    ip: [u8; 16],
+    /// Bytes 8..16 of the IPv6 form.
+    low: u64,
+    /// Bytes 0..8 of the IPv6 form.
+    high: u64,
     port: u16,
     v6: bool,
 }
@@ -21,23 +24,39 @@ impl AddrKey {
     /// The key of `addr`. IPv6 flow information and scope are not kept (they do not travel
     /// on the wire either).
     pub fn new(addr: SocketAddr) -> Self {
-        match addr {
-            SocketAddr::V4(a) => AddrKey {
-                ip: a.ip().to_ipv6_mapped().octets(),
-                port: a.port(),
-                v6: false,
-            },
-            SocketAddr::V6(a) => AddrKey {
-                ip: a.ip().octets(),
-                port: a.port(),
-                v6: true,
-            },
+        let (ip, port, v6) = match addr {
+            SocketAddr::V4(a) => (a.ip().to_ipv6_mapped().octets(), a.port(), false),
+            SocketAddr::V6(a) => (a.ip().octets(), a.port(), true),
+        };
+        let [
+            h0,
+            h1,
+            h2,
+            h3,
+            h4,
+            h5,
+            h6,
+            h7,
+            l0,
+            l1,
+            l2,
+            l3,
+            l4,
+            l5,
+            l6,
+            l7,
+        ] = ip;
+        AddrKey {
+            low: u64::from_be_bytes([l0, l1, l2, l3, l4, l5, l6, l7]),
+            high: u64::from_be_bytes([h0, h1, h2, h3, h4, h5, h6, h7]),
+            port,
+            v6,
         }
     }
 
     /// The socket address back.
     pub fn socket_addr(&self) -> SocketAddr {
-        let ip = Ipv6Addr::from(self.ip);
+        let ip = Ipv6Addr::from((u128::from(self.high) << 64) | u128::from(self.low));
         match (self.v6, ip.to_ipv4_mapped()) {
             (false, Some(v4)) => SocketAddr::V4(SocketAddrV4::new(v4, self.port)),
             _ => SocketAddr::V6(SocketAddrV6::new(ip, self.port, 0, 0)),

@@ -40,6 +40,13 @@ pub(crate) const PUSH_FANIN: usize = 32;
 /// Most `(addr, boot, version)` entries in one `Versions` answer (fits a datagram).
 const MAX_VERSION_ENTRIES: usize = (MAX_DATAGRAM - 64) / 30;
 
+/// `(addr, boot, version)` of one record.
+type VersionEntry = (SocketAddr, u64, u64);
+
+/// Most `Versions` datagrams answering one digest: in a large fleet many buckets differ
+/// at once (after a heal, say), and one datagram lists only one or two of them.
+const MAX_VERSION_DATAGRAMS: usize = 4;
+
 impl Core {
     /// Asks for records this node lacks. Each request lists up to [`PULL_ADDRS`] missing
     /// members and goes to the first of them, which answers with its own record and any
@@ -126,22 +133,31 @@ impl Core {
             );
             return;
         }
-        // Start at a random differing bucket so large views still make progress everywhere.
+        // Start at a random differing bucket so large views still make progress everywhere;
+        // list whole buckets in up to MAX_VERSION_DATAGRAMS answers.
         let start = self.rng.random_range(0..differing.len());
-        let mut mask = 0u32;
-        let mut entries = Vec::new();
+        let mut answers: Vec<(u32, Vec<VersionEntry>)> = vec![(0, Vec::new())];
         for k in 0..differing.len() {
             let bucket = differing[(start + k) % differing.len()];
             let more = {
                 let store = self.store.borrow();
                 self.view.entries_in(1 << bucket, &store)
             };
-            if entries.len() + more.len() <= MAX_VERSION_ENTRIES {
-                mask |= 1 << bucket;
-                entries.extend(more);
-                continue;
+            let fits = {
+                let (_, entries) = answers.last().expect("never empty");
+                entries.len() + more.len() <= MAX_VERSION_ENTRIES
+            };
+            if !fits && !answers.last().expect("never empty").1.is_empty() {
+                if answers.len() == MAX_VERSION_DATAGRAMS {
+                    break;
+                }
+                answers.push((0, Vec::new()));
             }
-            if entries.is_empty() {
+            let (mask, entries) = answers.last_mut().expect("never empty");
+            if entries.len() + more.len() <= MAX_VERSION_ENTRIES {
+                *mask |= 1 << bucket;
+                entries.extend(more);
+            } else {
                 // A bucket larger than one answer: list a window of it from a random
                 // entry, and leave it out of the mask so that the peer does not take
                 // the records left out as missing here.
@@ -154,16 +170,20 @@ impl Core {
                         .copied(),
                 );
             }
-            break;
         }
-        self.send_message(
-            from,
-            &Message::Versions {
-                buckets: mask,
-                entries,
-                view: self.view.content_digest(),
-            },
-        );
+        let view = self.view.content_digest();
+        // An empty answer would mean "same view": never send one here.
+        answers.retain(|(mask, entries)| *mask != 0 || !entries.is_empty());
+        for (buckets, entries) in answers {
+            self.send_message(
+                from,
+                &Message::Versions {
+                    buckets,
+                    entries,
+                    view,
+                },
+            );
+        }
     }
 
     pub(super) fn answer_versions(

@@ -6,7 +6,7 @@
 //! of live members whose boot matches the member's identity. Everything is kept in
 //! ordered maps so that iteration order never depends on a random hasher.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -53,7 +53,7 @@ impl Default for Store {
 }
 
 /// Fleets up to this size gossip on every record they hear first.
-pub(crate) const RELAY_ALL_UP_TO: usize = 64;
+pub(crate) const RELAY_ALL_UP_TO: usize = 256;
 
 /// Relaying members per member that hears a record, in larger fleets.
 const RELAY_SPREAD: f64 = 6.0;
@@ -258,6 +258,8 @@ pub(crate) struct View {
     member_hash: u64,
     /// XOR of content hashes (no versions) over valid records.
     content: u64,
+    /// [`View::fingerprint`] since the last change (it is read after every input).
+    fingerprint: Cell<Option<u64>>,
 }
 
 /// When a missing record was first noticed and last requested.
@@ -312,11 +314,13 @@ impl View {
             // This node counts as a member of its own view, so equal views hash equal.
             member_hash: entry_hash(&own, boot, 0),
             content: 0,
+            fingerprint: Cell::new(None),
         }
     }
 
     /// Adds a live member (replacing an older identity at its address).
     pub fn insert_member(&mut self, id: NodeId) {
+        self.fingerprint.set(None);
         if let Some(old) = self.members.insert(id.addr(), id) {
             self.member_hash ^= entry_hash(&old.addr(), old.boot, 0);
         } else {
@@ -327,6 +331,7 @@ impl View {
 
     /// Removes a live member.
     pub fn remove_member(&mut self, addr: &SocketAddr) -> Option<NodeId> {
+        self.fingerprint.set(None);
         let old = self.members.remove(addr)?;
         if let Some(pos) = self.member_list.iter().position(|a| a == addr) {
             self.member_list.swap_remove(pos);
@@ -350,11 +355,16 @@ impl View {
     /// Equal on nodes with equal views: the same live members and the same record
     /// versions of them.
     pub fn fingerprint(&self) -> u64 {
+        if let Some(fingerprint) = self.fingerprint.get() {
+            return fingerprint;
+        }
         let mut bytes = [0u8; 8 * (BUCKETS + 1)];
         for (i, b) in self.digest.iter().chain([&self.member_hash]).enumerate() {
             bytes[i * 8..i * 8 + 8].copy_from_slice(&b.to_le_bytes());
         }
-        xxhash_rust::xxh3::xxh3_64(&bytes)
+        let fingerprint = xxhash_rust::xxh3::xxh3_64(&bytes);
+        self.fingerprint.set(Some(fingerprint));
+        fingerprint
     }
 
     pub fn is_live(&self, addr: &SocketAddr) -> bool {
@@ -382,6 +392,7 @@ impl View {
         store: &Store,
         now: std::time::Duration,
     ) -> Vec<String> {
+        self.fingerprint.set(None);
         let mut touched = Vec::new();
         let record = store.records.get(&addr).filter(|r| self.is_valid(r));
         let Some(record) = record else {
