@@ -2,13 +2,14 @@
 //! so the core also moves records with its own datagrams.
 //!
 //! - **Push**: a member seen coming up (`MemberUp` or `Rename`) gets this node's record
-//!   directly (see `Core::member_up`).
-//! - **Pull**: a live member whose record this node lacks is asked for it directly, at
-//!   most [`PULL_BATCH`] members per repair period, so a newcomer does not make every
-//!   member answer at once.
+//!   directly (see `Core::member_up`); above [`PUSH_FANIN`] members only a sample of
+//!   about that many members push.
+//! - **Pull**: records this node lacks are asked for directly: a request names up to
+//!   32 missing members and goes to one of them, which answers with every listed record
+//!   it holds; at most [`PULL_BATCH`] requests per repair period.
 //! - **Anti-entropy**: once per period, a digest of the live records (hashed into
 //!   buckets) goes to one random member; where buckets differ, the two exchange
-//!   `(addr, boot, version)` lists and then the newer records.
+//!   `(addr, boot, version)` lists (up to four datagrams) and then the newer records.
 //! - **Membership**: foca gossips only membership *changes*, so a node that becomes
 //!   active asks one member for its live members (and again whenever a peer's digest
 //!   says it knows more members); they are applied without re-gossip.
