@@ -89,17 +89,25 @@ fn nonzero(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
 
-/// foca's `floor(4·log10(n+1))` plus up to four more: twice foca's value in small fleets,
-/// where foca's own leaves stragglers that learn of a crash only through their own probe
-/// and truncates suspicions before the suspect hears; four more in large ones, where
-/// foca's value already reaches everyone and every extra retransmission is paid by every
-/// member for every update (n² work per fleet-wide change).
+/// Fleets up to this size forward each update more often than foca's LAN value.
+pub(crate) const EXTRA_TRANSMISSIONS_UP_TO: usize = 256;
+
+/// foca's `floor(4·log10(n+1))`, plus up to four more in fleets of up to
+/// [`EXTRA_TRANSMISSIONS_UP_TO`] members: twice foca's value in small fleets, where foca's
+/// own leaves stragglers that learn of a crash only through their own probe and truncates
+/// suspicions before the suspect hears. Larger fleets use foca's (and memberlist's) value:
+/// it already reaches everyone, and every extra retransmission is paid by every member
+/// for every update (n² work per fleet-wide change).
 pub(crate) fn max_transmissions(cluster_size: usize) -> NonZeroU8 {
     let base = (4.0 * ((cluster_size as f64) + 1.0).log10())
         .floor()
         .max(1.0);
-    let tx = (2.0 * base).min(base + 4.0).min(255.0);
-    NonZeroU8::new(tx as u8).unwrap_or(NonZeroU8::MIN)
+    let tx = if cluster_size <= EXTRA_TRANSMISSIONS_UP_TO {
+        (2.0 * base).min(base + 4.0)
+    } else {
+        base
+    };
+    NonZeroU8::new(tx.min(255.0) as u8).unwrap_or(NonZeroU8::MIN)
 }
 
 /// Everything the sans-IO core needs to start.
@@ -171,10 +179,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn max_transmissions_doubles_foca_lan_in_small_fleets_only() {
+    fn max_transmissions_adds_to_foca_lan_in_small_fleets_only() {
         assert_eq!(max_transmissions(3).get(), 4);
         assert_eq!(max_transmissions(10).get(), 8);
         assert_eq!(max_transmissions(100).get(), 12);
-        assert_eq!(max_transmissions(1000).get(), 16);
+        assert_eq!(max_transmissions(256).get(), 13);
+        assert_eq!(max_transmissions(257).get(), 9);
+        assert_eq!(max_transmissions(1000).get(), 12);
     }
 }
