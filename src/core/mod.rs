@@ -1154,11 +1154,7 @@ impl Core {
             let evaluate: Vec<String> = if std::mem::take(&mut self.evaluate_claims) {
                 self.claims.keys().cloned().collect()
             } else {
-                dirty
-                    .iter()
-                    .filter(|r| self.claims.contains_key(*r))
-                    .cloned()
-                    .collect()
+                dirty.iter().cloned().collect()
             };
             for resource in &evaluate {
                 if self.claims.contains_key(resource) {

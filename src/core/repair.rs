@@ -144,11 +144,8 @@ impl Core {
                 let store = self.store.borrow();
                 self.view.entries_in(1 << bucket, &store)
             };
-            let fits = {
-                let (_, entries) = answers.last().expect("never empty");
-                entries.len() + more.len() <= MAX_VERSION_ENTRIES
-            };
-            if !fits && !answers.last().expect("never empty").1.is_empty() {
+            let last = &answers.last().expect("never empty").1;
+            if !last.is_empty() && last.len() + more.len() > MAX_VERSION_ENTRIES {
                 if answers.len() == MAX_VERSION_DATAGRAMS {
                     break;
                 }

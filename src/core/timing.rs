@@ -89,11 +89,13 @@ fn nonzero(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
 }
 
-/// Fleets up to this size forward each update more often than foca's LAN value.
-pub(crate) const EXTRA_TRANSMISSIONS_UP_TO: usize = 256;
+/// Above this many members a fleet is large: updates are forwarded foca's LAN number of
+/// times, and records are relayed by a sample of the members that hear them (see
+/// `view::relay_probability`): both cost every member work per update, n² in all.
+pub(crate) const LARGE_FLEET: usize = 256;
 
 /// foca's `floor(4·log10(n+1))`, plus up to four more in fleets of up to
-/// [`EXTRA_TRANSMISSIONS_UP_TO`] members: twice foca's value in small fleets, where foca's
+/// [`LARGE_FLEET`] members: twice foca's value in small fleets, where foca's
 /// own leaves stragglers that learn of a crash only through their own probe and truncates
 /// suspicions before the suspect hears. Larger fleets use foca's (and memberlist's) value:
 /// it already reaches everyone, and every extra retransmission is paid by every member
@@ -102,7 +104,7 @@ pub(crate) fn max_transmissions(cluster_size: usize) -> NonZeroU8 {
     let base = (4.0 * ((cluster_size as f64) + 1.0).log10())
         .floor()
         .max(1.0);
-    let tx = if cluster_size <= EXTRA_TRANSMISSIONS_UP_TO {
+    let tx = if cluster_size <= LARGE_FLEET {
         (2.0 * base).min(base + 4.0)
     } else {
         base

@@ -52,19 +52,17 @@ impl Default for Store {
     }
 }
 
-/// Fleets up to this size gossip on every record they hear first.
-pub(crate) const RELAY_ALL_UP_TO: usize = 256;
-
 /// Relaying members per member that hears a record, in larger fleets.
 const RELAY_SPREAD: f64 = 6.0;
 
-/// The chance that a member gossips on a record it hears first. Every relay forwards the
+/// The chance that a member gossips on a record it hears first: 1 up to
+/// [`LARGE_FLEET`](crate::core::timing::LARGE_FLEET) members. Every relay forwards the
 /// record `max_transmissions` times, and foca walks its whole record queue for every
 /// packet it sends; so in a large fleet only enough members relay for the epidemic to
 /// spread (each hearer makes about [`RELAY_SPREAD`] more, which reaches all but about
 /// e^-6 of the fleet), and anti-entropy brings the rest.
 pub(crate) fn relay_probability(members: usize, max_transmissions: u8) -> f64 {
-    if members <= RELAY_ALL_UP_TO {
+    if members <= crate::core::timing::LARGE_FLEET {
         1.0
     } else {
         (RELAY_SPREAD / f64::from(max_transmissions.max(1))).min(1.0)
@@ -85,11 +83,7 @@ impl Store {
     /// Keeps `record` if it is newer than what is stored for its address.
     pub fn offer(&mut self, record: Record) -> bool {
         // Most offers are copies of what is stored: compare versions before validating.
-        if self
-            .records
-            .get(&record.addr)
-            .is_some_and(|old| !record.newer_than(old))
-        {
+        if !self.is_news(&record.addr, record.boot, record.version) {
             return false;
         }
         if record.validate().is_err() {
@@ -424,7 +418,7 @@ impl View {
             self.content ^= old.content ^ content;
             old.digest = digest;
             old.content = content;
-            if !self.same_claims(&old, record) {
+            {
                 let name_hash = name_hash(&record.name);
                 let mut before = std::mem::take(&mut old.claims);
                 for claim in &record.claims {
@@ -510,17 +504,6 @@ impl View {
                 touched.extend(indexed.claims.iter().map(|c| c.resource.clone()));
             }
         }
-    }
-
-    /// Whether `record` indexes exactly as `old` does (a bare version bump).
-    fn same_claims(&self, old: &Indexed, record: &Record) -> bool {
-        old.claims.len() == record.claims.len()
-            && old.claims.iter().zip(&record.claims).all(|(o, c)| {
-                o.resource == c.resource
-                    && o.tickets == c.tickets
-                    && o.candidate == (c.candidate && record.ready)
-                    && o.held == c.held
-            })
     }
 
     /// Removes everything indexed for `addr`.
