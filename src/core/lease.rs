@@ -234,7 +234,8 @@ impl Core {
         self.bump_record(now);
         // Tell the members directly that nothing is held here any more, then leave.
         let own = self.own_record();
-        let members: Vec<SocketAddr> = self.view.members.keys().copied().collect();
+        let mut members: Vec<SocketAddr> = self.view.members.keys().copied().collect();
+        members.sort_unstable();
         for addr in members {
             self.send_records(addr, std::slice::from_ref(&own));
         }

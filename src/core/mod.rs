@@ -480,7 +480,7 @@ impl Core {
         now.saturating_sub(self.started)
     }
 
-    /// Live members (alive or suspect), excluding this node.
+    /// Live members (alive or suspect), excluding this node, in no particular order.
     pub fn members(&self) -> impl Iterator<Item = &NodeId> {
         self.view.members.values()
     }
@@ -1029,7 +1029,8 @@ impl Core {
         self.active = false;
         self.active_since = None;
         self.view_confirmed = false;
-        let gone: Vec<NodeId> = self.view.members.values().copied().collect();
+        let mut gone: Vec<NodeId> = self.view.members.values().copied().collect();
+        gone.sort_unstable();
         for id in gone {
             self.view.remove_member(&id.addr());
             self.store.borrow_mut().records.remove(&id.addr());

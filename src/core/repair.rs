@@ -200,21 +200,17 @@ impl Core {
         }
         let mut push: Vec<Record> = Vec::new();
         let mut request: Vec<SocketAddr> = Vec::new();
-        for &(addr, boot, version) in entries {
-            if addr == self.cfg.addr {
-                if (boot, version) < {
-                    let own = self.own_record();
-                    (own.boot, own.version)
-                } {
-                    push.push(self.own_record());
+        {
+            // Versions are compared in place: only records that go out are copied.
+            let store = self.store.borrow();
+            for &(addr, boot, version) in entries {
+                let mine = store.records.get(&addr).filter(|r| self.view.is_valid(r));
+                match mine.map(|r| ((r.boot, r.version), r)) {
+                    Some((mine, record)) if mine > (boot, version) => push.push(record.clone()),
+                    Some((mine, _)) if mine == (boot, version) => {}
+                    _ if addr != self.cfg.addr && self.view.is_live(&addr) => request.push(addr),
+                    _ => {}
                 }
-                continue;
-            }
-            match self.record(&addr) {
-                Some(mine) if (mine.boot, mine.version) > (boot, version) => push.push(mine),
-                Some(mine) if (mine.boot, mine.version) == (boot, version) => {}
-                _ if self.view.is_live(&addr) => request.push(addr),
-                _ => {}
             }
         }
         // Our live records in the listed buckets that the peer did not list.

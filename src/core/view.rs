@@ -205,16 +205,15 @@ fn content_hash(record: &Record) -> u64 {
 /// Candidates and holders of one resource among valid records.
 #[derive(Debug, Default)]
 pub(crate) struct ResourceIndex {
-    /// Ready candidates in rank order: higher score, then smaller name.
-    ranked: BTreeSet<(Reverse<u64>, Rc<str>, SocketAddr)>,
+    /// Ready candidates in rank order (higher score, then smaller name), each with the
+    /// tickets it advertises.
+    ranked: BTreeMap<(Reverse<u64>, Rc<str>, SocketAddr), u16>,
     /// How many ready candidates advertise each tickets value.
     tickets: BTreeMap<u16, usize>,
     /// Valid records that say they hold the resource.
     holders: BTreeSet<SocketAddr>,
-    /// Advertised tickets per candidate address.
-    advertised: BTreeMap<SocketAddr, u16>,
-    /// Valid records that claim the resource at all (ready or not, competing or not).
-    interested: BTreeSet<SocketAddr>,
+    /// How many valid records claim the resource at all (ready or not, competing or not).
+    interested: usize,
 }
 
 /// The computed placement of one resource in this node's view.
@@ -232,13 +231,15 @@ pub struct Placement {
 #[derive(Debug)]
 pub(crate) struct View {
     pub own: SocketAddr,
-    /// Live (alive or suspect) members, excluding this node.
-    pub members: BTreeMap<SocketAddr, NodeId>,
+    /// Live (alive or suspect) members, excluding this node. Looked up by address; where
+    /// they are iterated, order does not matter or the caller sorts.
+    pub members: HashMap<SocketAddr, NodeId, FixedState>,
     /// The addresses of `members`, in no particular order, for a uniform random pick.
     member_list: Vec<SocketAddr>,
     /// Live members whose current record this node lacks, with when it was last asked for.
     pub missing: BTreeMap<SocketAddr, MissingSince>,
-    indexed: BTreeMap<SocketAddr, Indexed>,
+    /// Never iterated where order matters: looked up by address.
+    indexed: HashMap<SocketAddr, Indexed, FixedState>,
     resources: BTreeMap<String, ResourceIndex>,
     /// Valid records by name: `(boot, addr)`, newest last.
     by_name: BTreeMap<Rc<str>, BTreeSet<(u64, SocketAddr)>>,
@@ -296,10 +297,10 @@ impl View {
     pub fn new(own: SocketAddr, boot: u64) -> Self {
         View {
             own,
-            members: BTreeMap::new(),
+            members: HashMap::default(),
             member_list: Vec::new(),
             missing: BTreeMap::new(),
-            indexed: BTreeMap::new(),
+            indexed: HashMap::default(),
             resources: BTreeMap::new(),
             by_name: BTreeMap::new(),
             shared_names: 0,
@@ -535,7 +536,6 @@ impl View {
         if claim.candidate {
             ri.ranked
                 .remove(&(Reverse(claim.score), name.clone(), addr));
-            ri.advertised.remove(&addr);
             if let Some(n) = ri.tickets.get_mut(&claim.tickets) {
                 *n -= 1;
                 if *n == 0 {
@@ -546,8 +546,8 @@ impl View {
         if claim.held {
             ri.holders.remove(&addr);
         }
-        ri.interested.remove(&addr);
-        if ri.interested.is_empty() {
+        ri.interested -= 1;
+        if ri.interested == 0 {
             self.resources.remove(&claim.resource);
         }
     }
@@ -567,14 +567,14 @@ impl View {
             None => self.resources.entry(claim.resource.clone()).or_default(),
         };
         if candidate {
-            ri.ranked.insert((Reverse(score), name.clone(), addr));
-            ri.advertised.insert(addr, claim.tickets);
+            ri.ranked
+                .insert((Reverse(score), name.clone(), addr), claim.tickets);
             *ri.tickets.entry(claim.tickets).or_default() += 1;
         }
         if claim.held {
             ri.holders.insert(addr);
         }
-        ri.interested.insert(addr);
+        ri.interested += 1;
         IndexedClaim {
             resource: claim.resource.clone(),
             score,
@@ -638,11 +638,11 @@ impl View {
             )
             .0;
         let mut desired = Vec::with_capacity(tickets as usize);
-        for (_, _, addr) in &ri.ranked {
+        for ((_, _, addr), advertised) in &ri.ranked {
             if desired.len() >= tickets as usize {
                 break;
             }
-            if ri.advertised.get(addr) == Some(&tickets) && self.superseded(addr).is_none() {
+            if *advertised == tickets && self.superseded(addr).is_none() {
                 desired.push(*addr);
             }
         }
@@ -659,7 +659,7 @@ impl View {
             .get(resource)
             .map(|ri| {
                 ri.ranked
-                    .iter()
+                    .keys()
                     .filter(|(_, _, a)| self.superseded(a).is_none())
                     .map(|(_, _, a)| *a)
                     .collect()
@@ -667,12 +667,17 @@ impl View {
             .unwrap_or_default()
     }
 
-    /// Live members whose records claim `resource` at all (ready or not).
+    /// Live members whose records claim `resource` at all (ready or not), in address
+    /// order. A scan of every valid record: asked only when this node acquires.
     pub fn interested(&self, resource: &str) -> Vec<SocketAddr> {
-        self.resources
-            .get(resource)
-            .map(|ri| ri.interested.iter().copied().collect())
-            .unwrap_or_default()
+        let mut interested: Vec<SocketAddr> = self
+            .indexed
+            .iter()
+            .filter(|(_, i)| i.claims.iter().any(|c| c.resource == resource))
+            .map(|(a, _)| *a)
+            .collect();
+        interested.sort_unstable();
+        interested
     }
 
     /// Every resource some valid record claims.
