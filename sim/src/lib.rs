@@ -42,6 +42,9 @@ pub struct RunConfig {
     pub bugs: PlantedBugs,
     /// Print a progress line per simulated second to stderr.
     pub progress: bool,
+    /// Threads that simulate the nodes of each window. The trace is the same for any
+    /// number; more than one pays off from a few hundred nodes.
+    pub threads: usize,
 }
 
 impl RunConfig {
@@ -58,6 +61,7 @@ impl RunConfig {
             resources: 4,
             bugs: PlantedBugs::default(),
             progress: false,
+            threads: 1,
         }
     }
 
@@ -156,6 +160,7 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
     let kinds = plan.kinds.clone();
     let mut w = world::World::new(plan, config.seed, config.bugs, trace);
     w.progress = config.progress;
+    w.threads = config.threads;
     w.run();
     let mut violations = std::mem::take(&mut w.checks.violations);
     if kinds.contains(&"partition")

@@ -69,6 +69,10 @@ struct RunArgs {
     /// Print simulated time, events and traffic per simulated second to stderr.
     #[arg(long)]
     progress: bool,
+    /// Threads that simulate the nodes (default: the machine's cores). The trace and the
+    /// result do not depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 impl RunArgs {
@@ -106,6 +110,12 @@ impl RunArgs {
         config.tickets = self.tickets;
         config.resources = self.resources;
         config.progress = self.progress;
+        config.threads = self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        if config.threads == 0 {
+            return Err("--threads must be at least 1".to_string());
+        }
         Ok(config)
     }
 }

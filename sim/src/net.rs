@@ -81,73 +81,91 @@ pub struct NetConfig {
     pub burst: Option<(f64, f64, f64)>,
 }
 
-/// The network state.
+/// The network state every link shares: its behaviour, the partition and the extra loss
+/// of a loss burst. These change only at fault events, so a window of node events reads
+/// them without locks.
 #[derive(Debug)]
 pub struct Net {
     pub config: NetConfig,
     pub partition: Partition,
     /// Extra loss during a loss-burst fault.
     pub extra_loss: f64,
-    bad_links: BTreeMap<(u32, u32), bool>,
-    rng: Xoshiro256PlusPlus,
     pub dropped_by_partition: u64,
     pub dropped_by_loss: u64,
 }
 
+/// What one sender's links remember: its random stream and which of its links are in a
+/// loss burst. Each node has its own, so nodes can be simulated apart.
+#[derive(Debug)]
+pub struct Links {
+    rng: Xoshiro256PlusPlus,
+    bad: BTreeMap<u32, bool>,
+}
+
+impl Links {
+    pub fn new(rng: Xoshiro256PlusPlus) -> Self {
+        Links {
+            rng,
+            bad: BTreeMap::new(),
+        }
+    }
+
+    /// A number in `0..n` from this sender's stream.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.rng.random_range(0..n.max(1))
+    }
+}
+
 impl Net {
-    pub fn new(config: NetConfig, rng: Xoshiro256PlusPlus) -> Self {
+    pub fn new(config: NetConfig) -> Self {
         Net {
             config,
             partition: Partition::None,
             extra_loss: 0.0,
-            bad_links: BTreeMap::new(),
-            rng,
             dropped_by_partition: 0,
             dropped_by_loss: 0,
         }
     }
 
-    /// Delays (ns) of the copies of one packet that survive loss: none, one, or two.
-    pub fn transit(&mut self, from: u32, to: u32) -> Vec<u64> {
+    /// Delays (ns) of the copies of one packet from the owner of `links` to `to` that
+    /// survive loss: none (`None`), one, or two.
+    pub fn transit(&self, links: &mut Links, to: u32) -> Option<(u64, Option<u64>)> {
         let mut loss = self.config.loss + self.extra_loss;
         if let Some((enter, leave, bad_loss)) = self.config.burst {
-            let bad = self.bad_links.entry((from, to)).or_insert(false);
+            let bad = links.bad.entry(to).or_insert(false);
             let flip = if *bad { leave } else { enter };
-            if self.rng.random_bool(flip.clamp(0.0, 1.0)) {
+            if links.rng.random_bool(flip.clamp(0.0, 1.0)) {
                 *bad = !*bad;
             }
             if *bad {
                 loss = loss.max(bad_loss);
             }
         }
-        if self.rng.random_bool(loss.clamp(0.0, 1.0)) {
-            self.dropped_by_loss += 1;
-            return Vec::new();
+        if links.rng.random_bool(loss.clamp(0.0, 1.0)) {
+            return None;
         }
-        let mut copies = vec![self.delay()];
-        if self.rng.random_bool(self.config.duplicate.clamp(0.0, 1.0)) {
-            copies.push(self.delay());
-        }
-        copies
+        let first = self.delay(links);
+        let second = links
+            .rng
+            .random_bool(self.config.duplicate.clamp(0.0, 1.0))
+            .then(|| self.delay(links));
+        Some((first, second))
     }
 
-    fn delay(&mut self) -> u64 {
+    /// The least delay of any packet: how far apart in time two nodes' events must be
+    /// before one can affect the other.
+    pub fn lookahead(&self) -> u64 {
+        self.config.latency_floor
+    }
+
+    fn delay(&self, links: &mut Links) -> u64 {
         let jitter = if self.config.latency_jitter == 0 {
             0.0
         } else {
-            let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
+            let u: f64 = links.rng.random_range(f64::EPSILON..1.0);
             -u.ln() * self.config.latency_jitter as f64
         };
         self.config.latency_floor + jitter.min(1e12) as u64
-    }
-
-    /// Checked at delivery: true if the packet must die.
-    pub fn cut(&mut self, from: u32, to: u32) -> bool {
-        let cut = self.partition.blocks(from, to);
-        if cut {
-            self.dropped_by_partition += 1;
-        }
-        cut
     }
 }
 

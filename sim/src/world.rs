@@ -4,6 +4,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::io::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
 use crate::check::Checks;
-use crate::net::{Net, NetConfig, Partition};
+use crate::net::{Links, Net, NetConfig, Partition};
 use crate::scenario::{Fault, MS, Plan, S, Scenario};
 
 /// Splits one seed into independent streams.
@@ -79,6 +81,15 @@ pub(crate) enum Ev {
 }
 
 impl Ev {
+    /// The node a node event is for (None: a global event).
+    fn node(&self) -> Option<u32> {
+        match self {
+            Ev::Deliver { to, .. } => Some(*to),
+            Ev::Wake { node, .. } | Ev::Resume { node, .. } | Ev::Drop { node, .. } => Some(*node),
+            Ev::Start(_) | Ev::Fault(_) | Ev::Sample => None,
+        }
+    }
+
     fn tag(&self) -> u64 {
         match self {
             Ev::Start(_) => 1,
@@ -105,7 +116,12 @@ pub(crate) struct Slot {
     wake_at: Option<u64>,
     pub started: u64,
     pub ever_active: bool,
+    /// The view fingerprint the checkers last heard of (set by `fp_changed`).
     pub fp: u64,
+    /// The fingerprint last reported from the node's own processing.
+    fp_out: u64,
+    /// This node's outgoing links and its own random stream.
+    links: Links,
 }
 
 impl Slot {
@@ -162,6 +178,8 @@ pub struct World {
     foca_bytes: u64,
     /// Print a line per simulated second to stderr.
     pub(crate) progress: bool,
+    /// Threads that simulate the nodes of one window (the trace does not depend on it).
+    pub(crate) threads: usize,
 }
 
 impl World {
@@ -171,16 +189,13 @@ impl World {
         bugs: PlantedBugs,
         trace: Option<Box<dyn Write>>,
     ) -> Self {
-        let net = Net::new(
-            NetConfig {
-                latency_floor: plan.latency_mean / 2,
-                latency_jitter: plan.latency_mean - plan.latency_mean / 2,
-                loss: plan.loss,
-                duplicate: plan.duplicate,
-                burst: plan.burst,
-            },
-            stream(seed, 1),
-        );
+        let net = Net::new(NetConfig {
+            latency_floor: plan.latency_mean / 2,
+            latency_jitter: plan.latency_mean - plan.latency_mean / 2,
+            loss: plan.loss,
+            duplicate: plan.duplicate,
+            burst: plan.burst,
+        });
         let n = plan.nodes;
         let nodes = (0..n)
             .map(|i| Slot {
@@ -196,6 +211,8 @@ impl World {
                 started: 0,
                 ever_active: false,
                 fp: 0,
+                fp_out: 0,
+                links: Links::new(stream(seed, (1 << 32) | i as u64)),
             })
             .collect();
         let resources = plan.tickets.len();
@@ -222,6 +239,7 @@ impl World {
             bytes: 0,
             foca_bytes: 0,
             progress: false,
+            threads: 1,
             plan,
         };
         let stagger = world.plan.stagger * S;
@@ -255,11 +273,11 @@ impl World {
         self.queue.push(Reverse((at, self.seq, slot)));
     }
 
-    fn pop(&mut self) -> Option<(u64, Ev)> {
-        let Reverse((t, _, slot)) = self.queue.pop()?;
+    fn pop(&mut self) -> Option<(u64, u64, Ev)> {
+        let Reverse((t, seq, slot)) = self.queue.pop()?;
         let ev = self.slab[slot as usize].take().expect("queued");
         self.free.push(slot);
-        Some((t, ev))
+        Some((t, seq, ev))
     }
 
     pub(crate) fn fold(&mut self, values: &[u64]) {
@@ -283,16 +301,59 @@ impl World {
     }
 
     /// Runs to the end of the plan.
+    ///
+    /// Node events run in windows no longer than the least network delay: within one, no
+    /// node's event can affect another node, so the nodes of a window are simulated apart
+    /// (on `threads` threads) and what they did is then applied to the checkers in
+    /// `(time, node)` order. Faults, starts and samples run alone, between windows. The
+    /// trace is the same whatever the number of threads.
     pub(crate) fn run(&mut self) {
+        let lanes: Vec<Lane> = (1..self.threads.max(1)).map(|_| Lane::default()).collect();
+        std::thread::scope(|scope| {
+            for lane in &lanes {
+                scope.spawn(move || lane.serve());
+            }
+            // Lanes stop when the run ends, and when it panics.
+            struct Quit<'a>(&'a [Lane]);
+            impl Drop for Quit<'_> {
+                fn drop(&mut self) {
+                    for lane in self.0 {
+                        lane.state.store(QUIT, Ordering::Release);
+                    }
+                }
+            }
+            let _quit = Quit(&lanes);
+            self.run_windows(&lanes);
+        });
+        self.now = self.plan.duration;
+        self.finish_checks();
+        if let Some(out) = self.trace.as_mut() {
+            let _ = out.flush();
+        }
+    }
+
+    fn run_windows(&mut self, lanes: &[Lane]) {
         let end = self.plan.duration;
         let began = std::time::Instant::now();
         let mut next_report = S;
         let (mut last_events, mut last_bytes, mut last_foca) = (0, 0, 0);
-        while let Some((t, ev)) = self.pop() {
-            if t > end {
+        let lookahead = self.net.lookahead();
+        // Per node: its position in `batches` during a window.
+        let mut batch_of = vec![u32::MAX; self.nodes.len()];
+        let mut batches: Vec<(u32, Vec<Queued>)> = Vec::new();
+        let mut pending: Option<(u64, Ev)> = None;
+        loop {
+            let (t0, first) = match pending.take() {
+                Some(next) => next,
+                None => match self.pop() {
+                    Some((t, _, ev)) => (t, ev),
+                    None => break,
+                },
+            };
+            if t0 > end {
                 break;
             }
-            if self.progress && t >= next_report {
+            if self.progress && t0 >= next_report {
                 let nodes = self.nodes.len() as u64;
                 eprintln!(
                     "t {:>4}s wall {:>7.2}s events {:>9} (+{}) bytes/node/s foca {} election {}",
@@ -306,106 +367,146 @@ impl World {
                 (last_events, last_bytes, last_foca) = (self.events, self.bytes, self.foca_bytes);
                 next_report += S;
             }
-            self.now = t;
-            self.events += 1;
-            let (node, len) = match &ev {
-                Ev::Deliver { to, data, .. } => (u64::from(*to), data.len() as u64),
-                Ev::Wake { node, .. } | Ev::Resume { node, .. } | Ev::Drop { node, .. } => {
-                    (u64::from(*node), 0)
-                }
-                Ev::Start(node) => (u64::from(*node), 0),
-                _ => (u64::MAX, 0),
+            let Some(node) = first.node() else {
+                self.now = t0;
+                self.events += 1;
+                let at = match first {
+                    Ev::Start(i) => u64::from(i),
+                    _ => u64::MAX,
+                };
+                self.fold(&[t0, at, first.tag(), 0]);
+                self.dispatch(first);
+                continue;
             };
-            self.fold(&[t, node, ev.tag(), len]);
-            self.dispatch(ev);
-        }
-        self.now = end;
-        self.finish_checks();
-        if let Some(out) = self.trace.as_mut() {
-            let _ = out.flush();
+            // A window: node events before `t0 + lookahead`, up to the next global event.
+            let window_end = t0 + lookahead.max(1);
+            let mut add = |node: u32, t: u64, seq: u64, ev: Ev| {
+                let b = &mut batch_of[node as usize];
+                if *b == u32::MAX {
+                    *b = batches.len() as u32;
+                    batches.push((node, Vec::new()));
+                }
+                batches[*b as usize].1.push((t, seq, ev));
+            };
+            add(node, t0, 0, first);
+            while let Some(&Reverse((t, _, _))) = self.queue.peek() {
+                if t >= window_end || t > end {
+                    break;
+                }
+                let (t, seq, ev) = self.pop().expect("peeked");
+                match ev.node() {
+                    Some(node) => add(node, t, seq, ev),
+                    None => {
+                        pending = Some((t, ev));
+                        break;
+                    }
+                }
+            }
+            let window_end = pending.as_ref().map_or(window_end, |p| p.0.min(window_end));
+            for (node, _) in &batches {
+                batch_of[*node as usize] = u32::MAX;
+            }
+            let done = self.simulate(std::mem::take(&mut batches), window_end, lanes);
+            self.apply(done);
         }
     }
 
+    /// Simulates each node's events of one window, spread over the lanes and this thread.
+    fn simulate(
+        &mut self,
+        mut batches: Vec<(u32, Vec<Queued>)>,
+        window_end: u64,
+        lanes: &[Lane],
+    ) -> Vec<(u32, Vec<Output>)> {
+        let env = Env {
+            net: &self.net,
+            nodes: self.nodes.len(),
+        };
+        let total: usize = batches.iter().map(|b| b.1.len()).sum();
+        if lanes.is_empty() || batches.len() < 2 || total < 4 {
+            return batches
+                .into_iter()
+                .map(|(i, evs)| {
+                    let slot = &mut self.nodes[i as usize];
+                    (i, NodeRun::new(i, slot, &env, window_end).run(evs))
+                })
+                .collect();
+        }
+        // Deal the batches round-robin by size, largest first, so the shares are even.
+        batches.sort_by_key(|b| Reverse(b.1.len()));
+        let shares = lanes.len() + 1;
+        let mut deal: Vec<Vec<(u32, Vec<Queued>)>> = (0..shares).map(|_| Vec::new()).collect();
+        for (k, b) in batches.into_iter().enumerate() {
+            deal[k % shares].push(b);
+        }
+        let mine = deal.pop().expect("one share per thread");
+        let slots = SlotsPtr(self.nodes.as_mut_ptr());
+        let env_ptr = EnvPtr(&env as *const Env<'_> as *const Env<'static>);
+        for (lane, share) in lanes.iter().zip(deal) {
+            *lane.job.lock().expect("lane") = Some(Job {
+                slots,
+                env: env_ptr,
+                window_end,
+                batches: share,
+            });
+            lane.state.store(JOB, Ordering::Release);
+        }
+        // SAFETY: the shares hold distinct nodes, so this thread and each lane touch
+        // disjoint slots; `wait` returns only after every lane has finished, before the
+        // slots are touched again.
+        let mut out: Vec<(u32, Vec<Output>)> = mine
+            .into_iter()
+            .map(|(i, evs)| {
+                let slot = unsafe { &mut *slots.0.add(i as usize) };
+                (i, NodeRun::new(i, slot, &env, window_end).run(evs))
+            })
+            .collect();
+        for lane in lanes {
+            out.extend(lane.wait());
+        }
+        out
+    }
+
+    /// Applies what the nodes of a window did, in `(time, node)` order.
+    fn apply(&mut self, done: Vec<(u32, Vec<Output>)>) {
+        let mut all: Vec<(u64, u32, usize, Out)> = Vec::new();
+        for (node, outputs) in done {
+            for (k, (t, out)) in outputs.into_iter().enumerate() {
+                all.push((t, node, k, out));
+            }
+        }
+        all.sort_unstable_by_key(|o| (o.0, o.1, o.2));
+        for (t, node, _, out) in all {
+            self.now = t;
+            self.output(node, out);
+        }
+    }
+
+    fn output(&mut self, node: u32, out: Out) {
+        match out {
+            Out::Processed { tag, len } => {
+                self.events += 1;
+                self.fold(&[self.now, u64::from(node), tag, len]);
+            }
+            Out::Push { at, ev } => self.push(at, ev),
+            Out::Sent { len, foca } => {
+                self.bytes += len;
+                if foca {
+                    self.foca_bytes += len;
+                }
+            }
+            Out::LostOnLink => self.net.dropped_by_loss += 1,
+            Out::Cut => self.net.dropped_by_partition += 1,
+            Out::Fp(fp) => self.fp_changed(node, fp),
+            Out::Event(e) => self.on_event(node, e),
+            Out::Release(r) => self.release(node, r),
+        }
+    }
+
+    /// Global events: starts, faults and samples.
     fn dispatch(&mut self, ev: Ev) {
         match ev {
             Ev::Start(i) => self.start(i),
-            Ev::Deliver { to, from, data } => {
-                let slot = &self.nodes[to as usize];
-                if !slot.up() || self.net.cut(from, to) {
-                    return;
-                }
-                if slot.paused_until > self.now {
-                    self.nodes[to as usize].backlog.push((from, data));
-                    return;
-                }
-                let local = Duration::from_nanos(slot.local(self.now));
-                if let Some(core) = self.nodes[to as usize].core.as_mut() {
-                    core.handle_datagram(local, addr(from), &data);
-                }
-                self.after_core(to);
-            }
-            Ev::Wake { node, epoch } => {
-                let slot = &mut self.nodes[node as usize];
-                if slot.epoch != epoch || slot.wake_at != Some(self.now) {
-                    return;
-                }
-                slot.wake_at = None;
-                if slot.paused_until > self.now {
-                    return;
-                }
-                let local = Duration::from_nanos(slot.local(self.now));
-                if let Some(core) = slot.core.as_mut() {
-                    core.handle_timeout(local);
-                }
-                self.after_core(node);
-            }
-            Ev::Resume { node, epoch } => {
-                let now = self.now;
-                let slot = &mut self.nodes[node as usize];
-                if slot.epoch != epoch || !slot.up() {
-                    return;
-                }
-                slot.paused_until = 0;
-                let local = Duration::from_nanos(slot.local(now));
-                let backlog = std::mem::take(&mut slot.backlog);
-                if let Some(core) = slot.core.as_mut() {
-                    core.handle_timeout(local);
-                    for (from, data) in backlog {
-                        core.handle_datagram(local, addr(from), &data);
-                    }
-                }
-                self.after_core(node);
-            }
-            Ev::Drop {
-                node,
-                epoch,
-                resource,
-                lease,
-            } => {
-                let slot = &self.nodes[node as usize];
-                if slot.epoch != epoch || !slot.up() {
-                    return;
-                }
-                if slot.paused_until > self.now {
-                    let at = slot.paused_until;
-                    self.push(
-                        at,
-                        Ev::Drop {
-                            node,
-                            epoch,
-                            resource,
-                            lease,
-                        },
-                    );
-                    return;
-                }
-                let local = Duration::from_nanos(slot.local(self.now));
-                if let Some(core) = self.nodes[node as usize].core.as_mut() {
-                    core.lease_dropped(local, &resource_name(resource), lease);
-                }
-                self.release(node, resource);
-                self.after_core(node);
-            }
             Ev::Fault(fault) => self.fault(fault),
             Ev::Sample => {
                 self.sample();
@@ -415,6 +516,9 @@ impl World {
                     S
                 };
                 self.push(self.now + next, Ev::Sample);
+            }
+            Ev::Deliver { .. } | Ev::Wake { .. } | Ev::Resume { .. } | Ev::Drop { .. } => {
+                unreachable!("node events run in windows")
             }
         }
     }
@@ -473,57 +577,20 @@ impl World {
         }
     }
 
-    /// After any input to node `i`: send, report, reschedule.
+    /// After a global event gave node `i` input: send, report, reschedule.
     fn after_core(&mut self, i: u32) {
-        let mut transmits = Vec::new();
-        let mut events = Vec::new();
-        let (fp, deadline) = {
-            let Some(core) = self.nodes[i as usize].core.as_mut() else {
-                return;
-            };
-            while let Some(t) = core.poll_transmit() {
-                transmits.push(t);
-            }
-            while let Some(e) = core.poll_event() {
-                events.push(e);
-            }
-            (core.view_fingerprint(), core.poll_timeout())
+        let now = self.now;
+        let env = Env {
+            net: &self.net,
+            nodes: self.nodes.len(),
         };
-        for t in transmits {
-            self.bytes += t.data.len() as u64;
-            if t.data.get(3) == Some(&(gossip_election::wire::Kind::Foca as u8)) {
-                self.foca_bytes += t.data.len() as u64;
-            }
-            let Some(to) = index(&t.to) else { continue };
-            if to as usize >= self.nodes.len() {
-                continue;
-            }
-            for delay in self.net.transit(i, to) {
-                self.push(
-                    self.now + delay,
-                    Ev::Deliver {
-                        to,
-                        from: i,
-                        data: t.data.clone(),
-                    },
-                );
-            }
-        }
-        // The view first: an acquisition is judged against the view it was made in.
-        if fp != self.nodes[i as usize].fp {
-            self.fp_changed(i, fp);
-        }
-        for e in events {
-            self.on_event(i, e);
-        }
         let slot = &mut self.nodes[i as usize];
-        if let Some(local) = deadline {
-            let at = slot.true_time(local.as_nanos() as u64, self.now);
-            if slot.wake_at.is_none_or(|w| at < w) {
-                slot.wake_at = Some(at);
-                let epoch = slot.epoch;
-                self.push(at, Ev::Wake { node: i, epoch });
-            }
+        // Nothing falls inside a window that ends now: everything goes to the queue.
+        let mut run = NodeRun::new(i, slot, &env, now);
+        run.after_core(now);
+        let outputs = run.outputs;
+        for (_, out) in outputs {
+            self.output(i, out);
         }
     }
 
@@ -539,9 +606,7 @@ impl World {
                 }
             }
             Event::Lost {
-                resource,
-                lease,
-                reason,
+                resource, reason, ..
             } => {
                 let r = resource_index(&resource);
                 if r < self.holders.len() && self.holders[r].contains(&i) && self.told[r].insert(i)
@@ -550,17 +615,6 @@ impl World {
                     self.checks.unhold(fp, r);
                 }
                 self.trace(Some(i), "lost", format!("{resource} {reason}"));
-                let delay = self.rng.random_range(0..20 * MS);
-                let epoch = self.nodes[i as usize].epoch;
-                self.push(
-                    self.now + delay,
-                    Ev::Drop {
-                        node: i,
-                        epoch,
-                        resource: r,
-                        lease,
-                    },
-                );
             }
             Event::Yielded {
                 resource, forced, ..
@@ -721,5 +775,364 @@ impl World {
         self.push(self.now + duration, Ev::Resume { node, epoch });
         self.checks.disturbed(self.now, false);
         self.checks.disturbed(self.now + duration, false);
+    }
+}
+
+/// A queued node event: `(time, sequence, event)`.
+type Queued = (u64, u64, Ev);
+
+/// What a node did at a time, for the world to apply.
+type Output = (u64, Out);
+
+pub(crate) enum Out {
+    /// An event was processed (for the event count and the trace hash).
+    Processed { tag: u64, len: u64 },
+    /// An event for the queue.
+    Push { at: u64, ev: Ev },
+    /// A datagram left the node.
+    Sent { len: u64, foca: bool },
+    /// A datagram was lost on its link.
+    LostOnLink,
+    /// A datagram died in a partition.
+    Cut,
+    /// The node's view fingerprint changed.
+    Fp(u64),
+    /// The node's core reported an event.
+    Event(Event),
+    /// The application dropped its lease on a resource.
+    Release(usize),
+}
+
+/// What the nodes of a window read: the network, fixed until the next fault.
+struct Env<'a> {
+    net: &'a Net,
+    nodes: usize,
+}
+
+/// One node's events of one window, with the events it schedules for itself inside it.
+struct NodeRun<'a> {
+    i: u32,
+    slot: &'a mut Slot,
+    env: &'a Env<'a>,
+    window_end: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    evs: Vec<Option<Ev>>,
+    seq: u64,
+    outputs: Vec<Output>,
+}
+
+/// Sequence numbers of events a node schedules inside a window: after every queued one
+/// at the same time, as a global sequence number would be.
+const LOCAL_SEQ: u64 = 1 << 62;
+
+impl<'a> NodeRun<'a> {
+    fn new(i: u32, slot: &'a mut Slot, env: &'a Env<'a>, window_end: u64) -> Self {
+        NodeRun {
+            i,
+            slot,
+            env,
+            window_end,
+            queue: BinaryHeap::new(),
+            evs: Vec::new(),
+            seq: LOCAL_SEQ,
+            outputs: Vec::new(),
+        }
+    }
+
+    fn run(mut self, evs: Vec<Queued>) -> Vec<Output> {
+        for (t, seq, ev) in evs {
+            self.queue.push(Reverse((t, seq, self.evs.len())));
+            self.evs.push(Some(ev));
+        }
+        while let Some(Reverse((t, _, k))) = self.queue.pop() {
+            let ev = self.evs[k].take().expect("queued once");
+            let len = match &ev {
+                Ev::Deliver { data, .. } => data.len() as u64,
+                _ => 0,
+            };
+            self.outputs.push((
+                t,
+                Out::Processed {
+                    tag: ev.tag(),
+                    len,
+                },
+            ));
+            self.dispatch(t, ev);
+        }
+        self.outputs
+    }
+
+    /// Runs `ev` at `at` within this window if it is this node's and falls inside it;
+    /// queues it otherwise.
+    fn schedule(&mut self, now: u64, at: u64, ev: Ev) {
+        if at < self.window_end && ev.node() == Some(self.i) {
+            self.seq += 1;
+            self.queue.push(Reverse((at, self.seq, self.evs.len())));
+            self.evs.push(Some(ev));
+        } else {
+            self.outputs.push((now, Out::Push { at, ev }));
+        }
+    }
+
+    fn local(&self, t: u64) -> Duration {
+        Duration::from_nanos(self.slot.local(t))
+    }
+
+    fn dispatch(&mut self, t: u64, ev: Ev) {
+        match ev {
+            Ev::Deliver { to, from, data } => {
+                if !self.slot.up() {
+                    return;
+                }
+                if self.env.net.partition.blocks(from, to) {
+                    self.outputs.push((t, Out::Cut));
+                    return;
+                }
+                if self.slot.paused_until > t {
+                    self.slot.backlog.push((from, data));
+                    return;
+                }
+                let local = self.local(t);
+                if let Some(core) = self.slot.core.as_mut() {
+                    core.handle_datagram(local, addr(from), &data);
+                }
+                self.after_core(t);
+            }
+            Ev::Wake { epoch, .. } => {
+                if self.slot.epoch != epoch || self.slot.wake_at != Some(t) {
+                    return;
+                }
+                self.slot.wake_at = None;
+                if self.slot.paused_until > t {
+                    return;
+                }
+                let local = self.local(t);
+                if let Some(core) = self.slot.core.as_mut() {
+                    core.handle_timeout(local);
+                }
+                self.after_core(t);
+            }
+            Ev::Resume { epoch, .. } => {
+                if self.slot.epoch != epoch || !self.slot.up() {
+                    return;
+                }
+                self.slot.paused_until = 0;
+                let local = self.local(t);
+                let backlog = std::mem::take(&mut self.slot.backlog);
+                if let Some(core) = self.slot.core.as_mut() {
+                    core.handle_timeout(local);
+                    for (from, data) in backlog {
+                        core.handle_datagram(local, addr(from), &data);
+                    }
+                }
+                self.after_core(t);
+            }
+            Ev::Drop {
+                node,
+                epoch,
+                resource,
+                lease,
+            } => {
+                if self.slot.epoch != epoch || !self.slot.up() {
+                    return;
+                }
+                if self.slot.paused_until > t {
+                    let at = self.slot.paused_until;
+                    let ev = Ev::Drop {
+                        node,
+                        epoch,
+                        resource,
+                        lease,
+                    };
+                    self.schedule(t, at, ev);
+                    return;
+                }
+                let local = self.local(t);
+                if let Some(core) = self.slot.core.as_mut() {
+                    core.lease_dropped(local, &resource_name(resource), lease);
+                }
+                self.outputs.push((t, Out::Release(resource)));
+                self.after_core(t);
+            }
+            Ev::Start(_) | Ev::Fault(_) | Ev::Sample => unreachable!("not a node event"),
+        }
+    }
+
+    /// After any input to the node: send, report, reschedule.
+    fn after_core(&mut self, t: u64) {
+        let mut transmits = Vec::new();
+        let mut events = Vec::new();
+        let (fp, deadline) = {
+            let Some(core) = self.slot.core.as_mut() else {
+                return;
+            };
+            while let Some(tx) = core.poll_transmit() {
+                transmits.push(tx);
+            }
+            while let Some(e) = core.poll_event() {
+                events.push(e);
+            }
+            (core.view_fingerprint(), core.poll_timeout())
+        };
+        for tx in transmits {
+            let len = tx.data.len() as u64;
+            let foca = tx.data.get(3) == Some(&(gossip_election::wire::Kind::Foca as u8));
+            self.outputs.push((t, Out::Sent { len, foca }));
+            let Some(to) = index(&tx.to) else { continue };
+            if to as usize >= self.env.nodes {
+                continue;
+            }
+            match self.env.net.transit(&mut self.slot.links, to) {
+                None => self.outputs.push((t, Out::LostOnLink)),
+                Some((first, second)) => {
+                    for delay in std::iter::once(first).chain(second) {
+                        let ev = Ev::Deliver {
+                            to,
+                            from: self.i,
+                            data: tx.data.clone(),
+                        };
+                        self.schedule(t, t + delay, ev);
+                    }
+                }
+            }
+        }
+        // The view first: an acquisition is judged against the view it was made in.
+        if fp != self.slot.fp_out {
+            self.slot.fp_out = fp;
+            self.outputs.push((t, Out::Fp(fp)));
+        }
+        for e in events {
+            if let Event::Lost {
+                resource, lease, ..
+            } = &e
+            {
+                // The application takes a moment to stop.
+                let delay = self.slot.links.below(20 * MS);
+                let ev = Ev::Drop {
+                    node: self.i,
+                    epoch: self.slot.epoch,
+                    resource: resource_index(resource),
+                    lease: *lease,
+                };
+                self.schedule(t, t + delay, ev);
+            }
+            self.outputs.push((t, Out::Event(e)));
+        }
+        if let Some(local) = deadline {
+            let at = self.slot.true_time(local.as_nanos() as u64, t);
+            if self.slot.wake_at.is_none_or(|w| at < w) {
+                self.slot.wake_at = Some(at);
+                let ev = Ev::Wake {
+                    node: self.i,
+                    epoch: self.slot.epoch,
+                };
+                self.schedule(t, at, ev);
+            }
+        }
+    }
+}
+
+const IDLE: u8 = 0;
+const JOB: u8 = 1;
+const DONE: u8 = 2;
+const QUIT: u8 = 3;
+const FAILED: u8 = 4;
+
+/// A helper thread that simulates a share of each window's nodes.
+#[derive(Default)]
+struct Lane {
+    state: AtomicU8,
+    job: Mutex<Option<Job>>,
+    done: Mutex<Vec<(u32, Vec<Output>)>>,
+}
+
+struct Job {
+    slots: SlotsPtr,
+    env: EnvPtr,
+    window_end: u64,
+    batches: Vec<(u32, Vec<Queued>)>,
+}
+
+/// The world's node slots, lent to a lane for one window.
+#[derive(Clone, Copy)]
+struct SlotsPtr(*mut Slot);
+
+/// The window's environment, lent to a lane for one window.
+#[derive(Clone, Copy)]
+struct EnvPtr(*const Env<'static>);
+
+// SAFETY: a lane dereferences these only between receiving a job and reporting it done,
+// while the world's thread waits for it and touches neither the lent slots nor the
+// network. The slots lent are the job's nodes, which no other thread touches in that
+// window. A node's core (reference-counted internally) is used by one thread at a time
+// and shares none of its reference-counted values with anything outside it, so moving
+// its use between threads from one window to the next is sound.
+unsafe impl Send for SlotsPtr {}
+unsafe impl Send for EnvPtr {}
+
+impl Lane {
+    fn serve(&self) {
+        loop {
+            let mut idle = 0;
+            loop {
+                match self.state.load(Ordering::Acquire) {
+                    JOB => break,
+                    QUIT => return,
+                    _ => backoff(&mut idle),
+                }
+            }
+            let job = self.job.lock().expect("lane lock").take().expect("a job");
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // SAFETY: see `SlotsPtr`.
+                let env = unsafe { &*job.env.0 };
+                job.batches
+                    .into_iter()
+                    .map(|(i, evs)| {
+                        let slot = unsafe { &mut *job.slots.0.add(i as usize) };
+                        (i, NodeRun::new(i, slot, env, job.window_end).run(evs))
+                    })
+                    .collect::<Vec<_>>()
+            }));
+            match done {
+                Ok(done) => {
+                    *self.done.lock().expect("lane lock") = done;
+                    let reported =
+                        self.state
+                            .compare_exchange(JOB, DONE, Ordering::AcqRel, Ordering::Acquire);
+                    if reported.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    self.state.store(FAILED, Ordering::Release);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn wait(&self) -> Vec<(u32, Vec<Output>)> {
+        let mut idle = 0;
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                DONE => break,
+                FAILED => panic!("a simulation thread panicked"),
+                _ => backoff(&mut idle),
+            }
+        }
+        self.state.store(IDLE, Ordering::Release);
+        std::mem::take(&mut *self.done.lock().expect("lane lock"))
+    }
+}
+
+/// Spin briefly (windows follow each other within microseconds), then yield, then sleep.
+fn backoff(idle: &mut u32) {
+    *idle += 1;
+    if *idle < 20_000 {
+        std::hint::spin_loop();
+    } else if *idle < 21_000 {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(Duration::from_micros(20));
     }
 }
