@@ -4,9 +4,9 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use gossip_election::core::{Core, CoreConfig, Event, PlantedBugs};
@@ -850,13 +850,8 @@ impl<'a> NodeRun<'a> {
                 Ev::Deliver { data, .. } => data.len() as u64,
                 _ => 0,
             };
-            self.outputs.push((
-                t,
-                Out::Processed {
-                    tag: ev.tag(),
-                    len,
-                },
-            ));
+            self.outputs
+                .push((t, Out::Processed { tag: ev.tag(), len }));
             self.dispatch(t, ev);
         }
         self.outputs

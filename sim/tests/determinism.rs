@@ -25,3 +25,18 @@ fn different_seeds_give_different_runs() {
     b.seed = 2;
     assert_ne!(run(&a, None).trace_hash, run(&b, None).trace_hash);
 }
+
+#[test]
+fn thread_count_does_not_change_the_run() {
+    for scenario in [Scenario::PartitionHalves, Scenario::RollingRestart] {
+        let mut one = RunConfig::new(3, 64, scenario);
+        one.duration = 120 * S;
+        let mut three = one.clone();
+        three.threads = 3;
+        let (a, b) = (run(&one, None), run(&three, None));
+        assert_eq!(a.trace_hash, b.trace_hash, "{}", scenario.name());
+        assert_eq!(a.events, b.events);
+        assert_eq!(a.metrics, b.metrics);
+        assert_eq!(a.violations, b.violations);
+    }
+}
