@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, BinaryHeap};
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gossip_election::core::{Core, CoreConfig, Event, PlantedBugs};
@@ -411,72 +411,64 @@ impl World {
         }
     }
 
-    /// Simulates each node's events of one window, spread over the lanes and this thread.
+    /// Simulates each node's events of one window: this thread and the lanes take the
+    /// nodes one by one until none is left.
     fn simulate(
         &mut self,
-        mut batches: Vec<(u32, Vec<Queued>)>,
+        batches: Vec<(u32, Vec<Queued>)>,
         window_end: u64,
         lanes: &[Lane],
-    ) -> Vec<(u32, Vec<Output>)> {
+    ) -> Vec<Done> {
         let env = Env {
             net: &self.net,
             nodes: self.nodes.len(),
         };
-        let total: usize = batches.iter().map(|b| b.1.len()).sum();
-        if lanes.is_empty() || batches.len() < 2 || total < 4 {
-            return batches
-                .into_iter()
-                .map(|(i, evs)| {
-                    let slot = &mut self.nodes[i as usize];
-                    (i, NodeRun::new(i, slot, &env, window_end).run(evs))
-                })
-                .collect();
-        }
-        // Deal the batches round-robin by size, largest first, so the shares are even.
-        batches.sort_by_key(|b| Reverse(b.1.len()));
-        let shares = lanes.len() + 1;
-        let mut deal: Vec<Vec<(u32, Vec<Queued>)>> = (0..shares).map(|_| Vec::new()).collect();
-        for (k, b) in batches.into_iter().enumerate() {
-            deal[k % shares].push(b);
-        }
-        let mine = deal.pop().expect("one share per thread");
-        let slots = SlotsPtr(self.nodes.as_mut_ptr());
-        let env_ptr = EnvPtr(&env as *const Env<'_> as *const Env<'static>);
-        for (lane, share) in lanes.iter().zip(deal) {
-            *lane.job.lock().expect("lane") = Some(Job {
-                slots,
-                env: env_ptr,
-                window_end,
-                batches: share,
-            });
+        let mut batches: Vec<Option<(u32, Vec<Queued>)>> = batches.into_iter().map(Some).collect();
+        let next = AtomicUsize::new(0);
+        let work = Work {
+            slots: self.nodes.as_mut_ptr(),
+            env: &env as *const Env<'_> as *const Env<'static>,
+            window_end,
+            batches: batches.as_mut_ptr(),
+            len: batches.len(),
+            next: &next,
+        };
+        let helpers = if batches.len() < 2 { 0 } else { lanes.len() };
+        for lane in &lanes[..helpers] {
+            *lane.job.lock().expect("lane lock") = Some(work);
             lane.state.store(JOB, Ordering::Release);
         }
-        // SAFETY: the shares hold distinct nodes, so this thread and each lane touch
-        // disjoint slots; `wait` returns only after every lane has finished, before the
-        // slots are touched again.
-        let mut out: Vec<(u32, Vec<Output>)> = mine
-            .into_iter()
-            .map(|(i, evs)| {
-                let slot = unsafe { &mut *slots.0.add(i as usize) };
-                (i, NodeRun::new(i, slot, &env, window_end).run(evs))
-            })
-            .collect();
-        for lane in lanes {
-            out.extend(lane.wait());
+        // SAFETY: see `Work`; every lane given this window is waited for below, before
+        // `batches`, `next`, `env` or a slot is touched again.
+        let mut done = unsafe { work.take_all() };
+        for lane in &lanes[..helpers] {
+            done.extend(lane.wait());
         }
-        out
+        done
     }
 
-    /// Applies what the nodes of a window did, in `(time, node)` order.
-    fn apply(&mut self, done: Vec<(u32, Vec<Output>)>) {
-        let mut all: Vec<(u64, u32, usize, Out)> = Vec::new();
-        for (node, outputs) in done {
-            for (k, (t, out)) in outputs.into_iter().enumerate() {
-                all.push((t, node, k, out));
+    /// Applies what the nodes of a window did: counts and trace hashes in node order, the
+    /// checker inputs in `(time, node)` order.
+    fn apply(&mut self, mut done: Vec<Done>) {
+        done.sort_unstable_by_key(|d| d.node);
+        let mut checked: Vec<(u64, u32, usize, Out)> = Vec::new();
+        for d in done {
+            let t = &d.tally;
+            self.events += t.events;
+            self.bytes += t.bytes;
+            self.foca_bytes += t.foca_bytes;
+            self.net.dropped_by_loss += t.lost;
+            self.net.dropped_by_partition += t.cut;
+            self.fold(&[u64::from(d.node), t.hash]);
+            for (k, (at, out)) in d.outputs.into_iter().enumerate() {
+                match out {
+                    Out::Push { at, ev } => self.push(at, ev),
+                    out => checked.push((at, d.node, k, out)),
+                }
             }
         }
-        all.sort_unstable_by_key(|o| (o.0, o.1, o.2));
-        for (t, node, _, out) in all {
+        checked.sort_unstable_by_key(|o| (o.0, o.1, o.2));
+        for (t, node, _, out) in checked {
             self.now = t;
             self.output(node, out);
         }
@@ -484,19 +476,7 @@ impl World {
 
     fn output(&mut self, node: u32, out: Out) {
         match out {
-            Out::Processed { tag, len } => {
-                self.events += 1;
-                self.fold(&[self.now, u64::from(node), tag, len]);
-            }
             Out::Push { at, ev } => self.push(at, ev),
-            Out::Sent { len, foca } => {
-                self.bytes += len;
-                if foca {
-                    self.foca_bytes += len;
-                }
-            }
-            Out::LostOnLink => self.net.dropped_by_loss += 1,
-            Out::Cut => self.net.dropped_by_partition += 1,
             Out::Fp(fp) => self.fp_changed(node, fp),
             Out::Event(e) => self.on_event(node, e),
             Out::Release(r) => self.release(node, r),
@@ -588,10 +568,8 @@ impl World {
         // Nothing falls inside a window that ends now: everything goes to the queue.
         let mut run = NodeRun::new(i, slot, &env, now);
         run.after_core(now);
-        let outputs = run.outputs;
-        for (_, out) in outputs {
-            self.output(i, out);
-        }
+        let done = run.finish();
+        self.apply(vec![done]);
     }
 
     fn on_event(&mut self, i: u32, e: Event) {
@@ -785,22 +763,33 @@ type Queued = (u64, u64, Ev);
 type Output = (u64, Out);
 
 pub(crate) enum Out {
-    /// An event was processed (for the event count and the trace hash).
-    Processed { tag: u64, len: u64 },
     /// An event for the queue.
     Push { at: u64, ev: Ev },
-    /// A datagram left the node.
-    Sent { len: u64, foca: bool },
-    /// A datagram was lost on its link.
-    LostOnLink,
-    /// A datagram died in a partition.
-    Cut,
     /// The node's view fingerprint changed.
     Fp(u64),
     /// The node's core reported an event.
     Event(Event),
     /// The application dropped its lease on a resource.
     Release(usize),
+}
+
+/// What one node's share of a window counted.
+#[derive(Default)]
+struct Tally {
+    events: u64,
+    /// The trace hash of the events it processed.
+    hash: u64,
+    bytes: u64,
+    foca_bytes: u64,
+    lost: u64,
+    cut: u64,
+}
+
+/// One node's share of a window, done.
+struct Done {
+    node: u32,
+    tally: Tally,
+    outputs: Vec<Output>,
 }
 
 /// What the nodes of a window read: the network, fixed until the next fault.
@@ -819,6 +808,7 @@ struct NodeRun<'a> {
     evs: Vec<Option<Ev>>,
     seq: u64,
     outputs: Vec<Output>,
+    tally: Tally,
 }
 
 /// Sequence numbers of events a node schedules inside a window: after every queued one
@@ -836,10 +826,19 @@ impl<'a> NodeRun<'a> {
             evs: Vec::new(),
             seq: LOCAL_SEQ,
             outputs: Vec::new(),
+            tally: Tally::default(),
         }
     }
 
-    fn run(mut self, evs: Vec<Queued>) -> Vec<Output> {
+    fn finish(self) -> Done {
+        Done {
+            node: self.i,
+            tally: self.tally,
+            outputs: self.outputs,
+        }
+    }
+
+    fn run(mut self, evs: Vec<Queued>) -> Done {
         for (t, seq, ev) in evs {
             self.queue.push(Reverse((t, seq, self.evs.len())));
             self.evs.push(Some(ev));
@@ -850,11 +849,13 @@ impl<'a> NodeRun<'a> {
                 Ev::Deliver { data, .. } => data.len() as u64,
                 _ => 0,
             };
-            self.outputs
-                .push((t, Out::Processed { tag: ev.tag(), len }));
+            self.tally.events += 1;
+            let bytes = [t, u64::from(self.i), ev.tag(), len].map(u64::to_le_bytes);
+            self.tally.hash =
+                xxhash_rust::xxh3::xxh3_64_with_seed(bytes.as_flattened(), self.tally.hash);
             self.dispatch(t, ev);
         }
-        self.outputs
+        self.finish()
     }
 
     /// Runs `ev` at `at` within this window if it is this node's and falls inside it;
@@ -880,7 +881,7 @@ impl<'a> NodeRun<'a> {
                     return;
                 }
                 if self.env.net.partition.blocks(from, to) {
-                    self.outputs.push((t, Out::Cut));
+                    self.tally.cut += 1;
                     return;
                 }
                 if self.slot.paused_until > t {
@@ -972,13 +973,16 @@ impl<'a> NodeRun<'a> {
         for tx in transmits {
             let len = tx.data.len() as u64;
             let foca = tx.data.get(3) == Some(&(gossip_election::wire::Kind::Foca as u8));
-            self.outputs.push((t, Out::Sent { len, foca }));
+            self.tally.bytes += len;
+            if foca {
+                self.tally.foca_bytes += len;
+            }
             let Some(to) = index(&tx.to) else { continue };
             if to as usize >= self.env.nodes {
                 continue;
             }
             match self.env.net.transit(&mut self.slot.links, to) {
-                None => self.outputs.push((t, Out::LostOnLink)),
+                None => self.tally.lost += 1,
                 Some((first, second)) => {
                     for delay in std::iter::once(first).chain(second) {
                         let ev = Ev::Deliver {
@@ -1033,37 +1037,56 @@ const DONE: u8 = 2;
 const QUIT: u8 = 3;
 const FAILED: u8 = 4;
 
-/// A helper thread that simulates a share of each window's nodes.
+/// A helper thread that takes nodes of each window.
 #[derive(Default)]
 struct Lane {
     state: AtomicU8,
-    job: Mutex<Option<Job>>,
-    done: Mutex<Vec<(u32, Vec<Output>)>>,
+    job: Mutex<Option<Work>>,
+    done: Mutex<Vec<Done>>,
 }
 
-struct Job {
-    slots: SlotsPtr,
-    env: EnvPtr,
+/// One window's nodes, lent to the lanes: each thread claims the next batch with `next`
+/// until none is left.
+#[derive(Clone, Copy)]
+struct Work {
+    slots: *mut Slot,
+    env: *const Env<'static>,
     window_end: u64,
-    batches: Vec<(u32, Vec<Queued>)>,
+    batches: *mut Option<(u32, Vec<Queued>)>,
+    len: usize,
+    next: *const AtomicUsize,
 }
 
-/// The world's node slots, lent to a lane for one window.
-#[derive(Clone, Copy)]
-struct SlotsPtr(*mut Slot);
-
-/// The window's environment, lent to a lane for one window.
-#[derive(Clone, Copy)]
-struct EnvPtr(*const Env<'static>);
-
-// SAFETY: a lane dereferences these only between receiving a job and reporting it done,
-// while the world's thread waits for it and touches neither the lent slots nor the
-// network. The slots lent are the job's nodes, which no other thread touches in that
-// window. A node's core (reference-counted internally) is used by one thread at a time
+// SAFETY: the pointers are used only between the world's thread lending a window and
+// the last lane reporting it done, while the world's thread uses them the same way and
+// touches nothing else the window reads. A batch index is claimed by exactly one thread
+// (`fetch_add`), and a node is in one batch, so no slot or batch is touched by two
+// threads. A node's core (reference-counted internally) is used by one thread at a time
 // and shares none of its reference-counted values with anything outside it, so moving
 // its use between threads from one window to the next is sound.
-unsafe impl Send for SlotsPtr {}
-unsafe impl Send for EnvPtr {}
+unsafe impl Send for Work {}
+
+impl Work {
+    /// Simulates batches until none is left.
+    ///
+    /// # Safety
+    /// As for `Send for Work`: the pointers must be valid for the whole call.
+    unsafe fn take_all(self) -> Vec<Done> {
+        let mut done = Vec::new();
+        loop {
+            // SAFETY: valid while the window is lent.
+            let k = unsafe { &*self.next }.fetch_add(1, Ordering::Relaxed);
+            if k >= self.len {
+                return done;
+            }
+            // SAFETY: index `k` is this thread's alone, and so is the node in it.
+            let (i, evs) = unsafe { (*self.batches.add(k)).take() }.expect("claimed once");
+            let slot = unsafe { &mut *self.slots.add(i as usize) };
+            let env = unsafe { &*self.env };
+            done.push(NodeRun::new(i, slot, env, self.window_end).run(evs));
+        }
+    }
+}
 
 impl Lane {
     fn serve(&self) {
@@ -1076,17 +1099,10 @@ impl Lane {
                     _ => backoff(&mut idle),
                 }
             }
-            let job = self.job.lock().expect("lane lock").take().expect("a job");
-            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                // SAFETY: see `SlotsPtr`.
-                let env = unsafe { &*job.env.0 };
-                job.batches
-                    .into_iter()
-                    .map(|(i, evs)| {
-                        let slot = unsafe { &mut *job.slots.0.add(i as usize) };
-                        (i, NodeRun::new(i, slot, env, job.window_end).run(evs))
-                    })
-                    .collect::<Vec<_>>()
+            let work = self.job.lock().expect("lane lock").take().expect("a job");
+            // SAFETY: the world's thread lent this window and waits for it.
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+                work.take_all()
             }));
             match done {
                 Ok(done) => {
@@ -1106,7 +1122,7 @@ impl Lane {
         }
     }
 
-    fn wait(&self) -> Vec<(u32, Vec<Output>)> {
+    fn wait(&self) -> Vec<Done> {
         let mut idle = 0;
         loop {
             match self.state.load(Ordering::Acquire) {
