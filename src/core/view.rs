@@ -170,7 +170,8 @@ impl foca::BroadcastHandler<NodeId> for RecordHandler {
 /// One indexed claim of a valid record.
 #[derive(Clone, Debug)]
 struct IndexedClaim {
-    resource: String,
+    /// Shared with the key of `View::resources`.
+    resource: Rc<str>,
     score: u64,
     tickets: u16,
     candidate: bool,
@@ -240,9 +241,9 @@ pub(crate) struct View {
     pub missing: BTreeMap<SocketAddr, MissingSince>,
     /// Never iterated where order matters: looked up by address.
     indexed: HashMap<SocketAddr, Indexed, FixedState>,
-    resources: BTreeMap<String, ResourceIndex>,
-    /// Valid records by name: `(boot, addr)`, newest last.
-    by_name: BTreeMap<Rc<str>, BTreeSet<(u64, SocketAddr)>>,
+    resources: BTreeMap<Rc<str>, ResourceIndex>,
+    /// Valid records by name: `(boot, addr)` sorted, newest last (almost always one).
+    by_name: HashMap<Rc<str>, Vec<(u64, SocketAddr)>, FixedState>,
     /// How many names more than one valid record carries (almost always 0).
     shared_names: usize,
     /// XOR of entry hashes per bucket over valid records.
@@ -302,7 +303,7 @@ impl View {
             missing: BTreeMap::new(),
             indexed: HashMap::default(),
             resources: BTreeMap::new(),
-            by_name: BTreeMap::new(),
+            by_name: HashMap::default(),
             shared_names: 0,
             digest: [0; BUCKETS],
             by_bucket: Default::default(),
@@ -424,7 +425,7 @@ impl View {
                 let mut before = std::mem::take(&mut old.claims);
                 for claim in &record.claims {
                     let candidate = claim.candidate && record.ready;
-                    if let Some(pos) = before.iter().position(|o| o.resource == claim.resource) {
+                    if let Some(pos) = before.iter().position(|o| *o.resource == *claim.resource) {
                         let o = before.swap_remove(pos);
                         if o.tickets == claim.tickets && o.candidate == candidate {
                             // Only whether it is held can differ.
@@ -436,7 +437,7 @@ impl View {
                                         ri.holders.remove(&addr);
                                     }
                                 }
-                                touched.push(o.resource.clone());
+                                touched.push(o.resource.to_string());
                             }
                             old.claims.push(IndexedClaim {
                                 held: claim.held,
@@ -445,7 +446,7 @@ impl View {
                             continue;
                         }
                         self.unindex_claim(addr, &old.name, &o);
-                        touched.push(o.resource);
+                        touched.push(o.resource.to_string());
                     }
                     let name = old.name.clone();
                     let indexed = self.index_claim(addr, &name, record, claim, name_hash);
@@ -454,7 +455,7 @@ impl View {
                 }
                 for o in before {
                     self.unindex_claim(addr, &old.name, &o);
-                    touched.push(o.resource);
+                    touched.push(o.resource.to_string());
                 }
             }
             self.indexed.insert(addr, old);
@@ -476,7 +477,8 @@ impl View {
             self.by_bucket[bucket].insert(addr);
             self.content ^= content;
             let set = self.by_name.entry(name.clone()).or_default();
-            set.insert((record.boot, addr));
+            let at = set.partition_point(|e| *e < (record.boot, addr));
+            set.insert(at, (record.boot, addr));
             if set.len() == 2 {
                 self.shared_names += 1;
             }
@@ -502,7 +504,7 @@ impl View {
         };
         for (_, other) in set.iter().filter(|(_, a)| *a != addr) {
             if let Some(indexed) = self.indexed.get(other) {
-                touched.extend(indexed.claims.iter().map(|c| c.resource.clone()));
+                touched.extend(indexed.claims.iter().map(|c| c.resource.to_string()));
             }
         }
     }
@@ -517,7 +519,7 @@ impl View {
             if set.len() == 2 {
                 self.shared_names -= 1;
             }
-            set.remove(&(old.boot, addr));
+            set.retain(|e| *e != (old.boot, addr));
             if set.is_empty() {
                 self.by_name.remove(&old.name);
             }
@@ -526,7 +528,7 @@ impl View {
         for claim in &old.claims {
             self.unindex_claim(addr, &old.name, claim);
         }
-        touched.extend(old.claims.into_iter().map(|c| c.resource));
+        touched.extend(old.claims.into_iter().map(|c| c.resource.to_string()));
     }
 
     fn unindex_claim(&mut self, addr: SocketAddr, name: &Rc<str>, claim: &IndexedClaim) {
@@ -562,10 +564,11 @@ impl View {
     ) -> IndexedClaim {
         let score = score_hashed(crate::placement::name_hash(&claim.resource), name_hash);
         let candidate = claim.candidate && record.ready;
-        let ri = match self.resources.get_mut(&claim.resource) {
-            Some(ri) => ri,
-            None => self.resources.entry(claim.resource.clone()).or_default(),
+        let resource: Rc<str> = match self.resources.get_key_value(claim.resource.as_str()) {
+            Some((key, _)) => key.clone(),
+            None => Rc::from(claim.resource.as_str()),
         };
+        let ri = self.resources.entry(resource.clone()).or_default();
         if candidate {
             ri.ranked
                 .insert((Reverse(score), name.clone(), addr), claim.tickets);
@@ -576,7 +579,7 @@ impl View {
         }
         ri.interested += 1;
         IndexedClaim {
-            resource: claim.resource.clone(),
+            resource,
             score,
             tickets: claim.tickets,
             candidate,
@@ -673,7 +676,7 @@ impl View {
         let mut interested: Vec<SocketAddr> = self
             .indexed
             .iter()
-            .filter(|(_, i)| i.claims.iter().any(|c| c.resource == resource))
+            .filter(|(_, i)| i.claims.iter().any(|c| &*c.resource == resource))
             .map(|(a, _)| *a)
             .collect();
         interested.sort_unstable();
@@ -682,7 +685,7 @@ impl View {
 
     /// Every resource some valid record claims.
     pub fn resources(&self) -> impl Iterator<Item = &str> {
-        self.resources.keys().map(String::as_str)
+        self.resources.keys().map(|r| &**r)
     }
 
     pub fn digest(&self) -> [u64; BUCKETS] {
