@@ -427,7 +427,7 @@ impl World {
         let next = AtomicUsize::new(0);
         let work = Work {
             slots: self.nodes.as_mut_ptr(),
-            env: &env as *const Env<'_> as *const Env<'static>,
+            env: std::ptr::from_ref(&env).cast::<Env<'static>>(),
             window_end,
             batches: batches.as_mut_ptr(),
             len: batches.len(),

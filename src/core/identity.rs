@@ -75,10 +75,18 @@ impl fmt::Debug for AddrKey {
 /// The stable node `name` is not here: it travels in the node's record, so a restarted
 /// worker ranks where it ranked before. On the wire it is `(addr, boot, bump)` with the
 /// address as a `SocketAddr`.
+///
+/// The address is kept as [`AddrKey`]'s fields, not as an `AddrKey`, so that the whole
+/// identity packs into 32 bytes: foca's member search walks a vector of members, and a
+/// smaller member is a shorter walk through memory.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(from = "WireId", into = "WireId")]
 pub struct NodeId {
-    key: AddrKey,
+    // The address first (as `AddrKey` orders), then the boot and the renewal.
+    low: u64,
+    high: u64,
+    port: u16,
+    v6: bool,
     /// Rises on every process start.
     pub boot: u64,
     /// Rises when foca renews the identity (declared down while running).
@@ -88,10 +96,29 @@ pub struct NodeId {
 impl NodeId {
     /// The identity of the process started as `boot` at `addr`, renewed `bump` times.
     pub fn new(addr: SocketAddr, boot: u64, bump: u32) -> Self {
+        let AddrKey {
+            low,
+            high,
+            port,
+            v6,
+        } = AddrKey::new(addr);
         NodeId {
-            key: AddrKey::new(addr),
+            low,
+            high,
+            port,
+            v6,
             boot,
             bump,
+        }
+    }
+
+    /// The address as foca compares it.
+    fn key(&self) -> AddrKey {
+        AddrKey {
+            low: self.low,
+            high: self.high,
+            port: self.port,
+            v6: self.v6,
         }
     }
 
@@ -105,7 +132,7 @@ impl NodeId {
 
     /// The advertise address.
     pub fn addr(&self) -> SocketAddr {
-        self.key.socket_addr()
+        self.key().socket_addr()
     }
 }
 
@@ -151,7 +178,7 @@ impl foca::Identity for NodeId {
     }
 
     fn addr(&self) -> AddrKey {
-        self.key
+        self.key()
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
@@ -181,6 +208,13 @@ mod tests {
         let v4 = NodeId::new("10.1.2.3:7946".parse().unwrap(), 1, 0);
         let mapped = NodeId::new("[::ffff:10.1.2.3]:7946".parse().unwrap(), 1, 0);
         assert_ne!(foca::Identity::addr(&v4), foca::Identity::addr(&mapped));
+    }
+
+    #[test]
+    fn a_member_fits_in_forty_bytes() {
+        // foca finds a member by walking its member vector; every byte is walked.
+        assert_eq!(std::mem::size_of::<NodeId>(), 32);
+        assert!(std::mem::size_of::<foca::Member<NodeId>>() <= 40);
     }
 
     #[test]
