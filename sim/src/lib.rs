@@ -6,6 +6,11 @@
 //! delivery), node faults (crash, restart with a new boot, pause, clock-rate drift), a
 //! workload that obtains and withdraws resources, and invariant checkers that run as
 //! events happen (see [`check`]). The same seed gives the same trace hash.
+//!
+//! Node events run in windows shorter than the least network delay, so the nodes of a
+//! window cannot affect each other and are simulated on [`RunConfig::threads`] threads;
+//! their acquisitions, losses and view changes reach the checkers afterwards in
+//! `(time, node)` order. The trace hash does not depend on the number of threads.
 
 pub mod check;
 pub mod net;
