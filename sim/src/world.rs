@@ -439,10 +439,14 @@ impl World {
             lane.state.store(JOB, Ordering::Release);
         }
         // SAFETY: see `Work`; every lane given this window is waited for below, before
-        // `batches`, `next`, `env` or a slot is touched again.
-        let mut done = unsafe { work.take_all() };
-        for lane in &lanes[..helpers] {
-            done.extend(lane.wait());
+        // `batches`, `next`, `env` or a slot is touched again, even if this thread's share
+        // panics (the lanes must be done with them before they are dropped).
+        let mine =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { work.take_all() }));
+        let theirs: Vec<Option<Vec<Done>>> = lanes[..helpers].iter().map(Lane::wait).collect();
+        let mut done = mine.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        for lane in theirs {
+            done.extend(lane.expect("a simulation thread panicked"));
         }
         done
     }
@@ -1122,17 +1126,18 @@ impl Lane {
         }
     }
 
-    fn wait(&self) -> Vec<Done> {
+    /// Waits until the lane is done with its window: its nodes, or None if it panicked.
+    fn wait(&self) -> Option<Vec<Done>> {
         let mut idle = 0;
         loop {
             match self.state.load(Ordering::Acquire) {
                 DONE => break,
-                FAILED => panic!("a simulation thread panicked"),
+                FAILED => return None,
                 _ => backoff(&mut idle),
             }
         }
         self.state.store(IDLE, Ordering::Release);
-        std::mem::take(&mut *self.done.lock().expect("lane lock"))
+        Some(std::mem::take(&mut *self.done.lock().expect("lane lock")))
     }
 }
 
