@@ -988,13 +988,23 @@ impl<'a> NodeRun<'a> {
             match self.env.net.transit(&mut self.slot.links, to) {
                 None => self.tally.lost += 1,
                 Some((first, second)) => {
-                    for delay in std::iter::once(first).chain(second) {
-                        let ev = Ev::Deliver {
-                            to,
-                            from: self.i,
-                            data: tx.data.clone(),
-                        };
-                        self.schedule(t, t + delay, ev);
+                    // The first copy, then the duplicate (if any); the last takes the data.
+                    let (from, data) = (self.i, tx.data);
+                    match second {
+                        None => self.schedule(t, t + first, Ev::Deliver { to, from, data }),
+                        Some(dup) => {
+                            let copy = data.clone();
+                            self.schedule(
+                                t,
+                                t + first,
+                                Ev::Deliver {
+                                    to,
+                                    from,
+                                    data: copy,
+                                },
+                            );
+                            self.schedule(t, t + dup, Ev::Deliver { to, from, data });
+                        }
                     }
                 }
             }

@@ -90,13 +90,9 @@ impl Store {
             self.invalid += 1;
             return false;
         }
-        {
-            {
-                self.changed.insert(record.addr);
-                self.records.insert(record.addr, record);
-                true
-            }
-        }
+        self.changed.insert(record.addr);
+        self.records.insert(record.addr, record);
+        true
     }
 }
 
