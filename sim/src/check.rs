@@ -512,17 +512,14 @@ impl World {
                 };
                 let differing: Vec<String> = up
                     .iter()
-                    .filter(|&&j| version(core, j) != version(other, j))
-                    .take(3)
-                    .map(|&j| format!("n{j}: {:?} vs {:?}", version(core, j), version(other, j)))
+                    .map(|&j| (j, version(core, j), version(other, j)))
+                    .filter(|(_, mine, theirs)| mine != theirs)
+                    .map(|(j, mine, theirs)| format!("n{j}: {mine:?} vs {theirs:?}"))
                     .collect();
-                let count = up
-                    .iter()
-                    .filter(|&&j| version(core, j) != version(other, j))
-                    .count();
                 return Err(format!(
-                    "views differ: n{i} and n{first} hold {count} different records (boot, version): {}",
-                    differing.join(", ")
+                    "views differ: n{i} and n{first} hold {} different records (boot, version): {}",
+                    differing.len(),
+                    differing[..differing.len().min(3)].join(", ")
                 ));
             }
             if !core.is_ready() {

@@ -886,17 +886,18 @@ impl Core {
                 self.member_up(now, id);
             }
             OwnedNotification::MemberDown(id) => {
-                debug!(member = %id.addr(), boot = id.boot, "member down");
-                if self.view.members.get(&id.addr()) == Some(&id) {
-                    if let Some(name) = self.view.name_of(&id.addr()) {
-                        self.known_names.insert(id.addr(), name.to_string());
+                let addr = id.addr();
+                debug!(member = %addr, boot = id.boot, "member down");
+                if self.view.members.get(&addr) == Some(&id) {
+                    if let Some(name) = self.view.name_of(&addr) {
+                        self.known_names.insert(addr, name.to_string());
                     }
-                    self.lost_since.entry(id.addr()).or_insert(now);
-                    self.reported.remove(&id.addr());
-                    self.suspects.remove(&id.addr());
-                    self.view.remove_member(&id.addr());
-                    self.store.borrow_mut().records.remove(&id.addr());
-                    self.reindex(now, id.addr());
+                    self.lost_since.entry(addr).or_insert(now);
+                    self.reported.remove(&addr);
+                    self.suspects.remove(&addr);
+                    self.view.remove_member(&addr);
+                    self.store.borrow_mut().records.remove(&addr);
+                    self.reindex(now, addr);
                     self.events.push_back(Event::MemberDown(id));
                     self.membership_changed();
                 }

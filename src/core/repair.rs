@@ -97,11 +97,10 @@ impl Core {
     }
 
     pub(super) fn send_digest(&mut self, _now: Duration) {
-        if self.view.members.is_empty() || self.leaving || self.bug(|b| b.no_direct_repair) {
+        if self.leaving || self.bug(|b| b.no_direct_repair) {
             return;
         }
-        let pick = self.rng.random_range(0..self.view.members.len());
-        let Some(to) = self.view.member_at(pick) else {
+        let Some(to) = self.view.random_member(&mut self.rng) else {
             return;
         };
         let digest = self.view.digest().to_vec();
@@ -262,14 +261,10 @@ impl Core {
             None if !seeds.is_empty() && self.members_asked.is_none() => {
                 seeds[self.rng.random_range(0..seeds.len())]
             }
-            None if self.view.members.is_empty() => return,
-            None => {
-                let pick = self.rng.random_range(0..self.view.members.len());
-                match self.view.member_at(pick) {
-                    Some(addr) => addr,
-                    None => return,
-                }
-            }
+            None => match self.view.random_member(&mut self.rng) {
+                Some(addr) => addr,
+                None => return,
+            },
         };
         self.members_asked = Some(now);
         self.send_message(to, &Message::MembersRequest);

@@ -3,8 +3,9 @@
 //! Records arrive from three places (foca broadcasts, direct pushes, repair answers) and
 //! all go through [`Store::offer`]. The index keeps, for every resource, the candidates in
 //! rank order and the holders, counting only *valid* records: the node's own, and records
-//! of live members whose boot matches the member's identity. Everything is kept in
-//! ordered maps so that iteration order never depends on a random hasher.
+//! of live members whose boot matches the member's identity. What is iterated where order
+//! matters (rankings, buckets, resources) is kept in ordered maps; what is only looked up
+//! by address sits in hash maps with fixed keys, and callers that iterate those sort.
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
@@ -332,9 +333,12 @@ impl View {
         Some(old)
     }
 
-    /// The `i`-th live member in an arbitrary but deterministic order (`i < members.len()`).
-    pub fn member_at(&self, i: usize) -> Option<SocketAddr> {
-        self.member_list.get(i).copied()
+    /// A live member picked uniformly with `rng` (None when there is none).
+    pub fn random_member(&self, rng: &mut impl rand::RngExt) -> Option<SocketAddr> {
+        if self.member_list.is_empty() {
+            return None;
+        }
+        Some(self.member_list[rng.random_range(0..self.member_list.len())])
     }
 
     /// Live members and what their records say (not their versions).
