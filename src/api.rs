@@ -171,7 +171,9 @@ impl NodeBuilder {
     }
 
     /// The process start number (default: unix milliseconds now). It must rise on every
-    /// restart of a name.
+    /// restart of a name. If it does not (the clock stepped back since the last start),
+    /// the fleet keeps preferring the older process's identity and refuses this one; the
+    /// node then raises its boot, by steps that double, until the fleet accepts it.
     pub fn boot(mut self, boot: u64) -> Self {
         self.boot = Some(boot);
         self
@@ -422,7 +424,8 @@ impl Node {
         self.inner.addr
     }
 
-    /// The process start number.
+    /// The process start number the node started with. A node the fleet refused raises
+    /// its boot (see [`NodeBuilder::boot`]); the debug endpoint shows the current one.
     pub fn boot(&self) -> u64 {
         self.inner.boot
     }

@@ -67,6 +67,9 @@ pub struct Effects {
     pub drift_acquisitions: u64,
     /// Pauses that froze a holder.
     pub paused_holders: u64,
+    /// Nodes that raised their boot: restarted with the clock stepped back, they were
+    /// refused until they did.
+    pub boot_raises: u64,
 }
 
 /// Checker state.

@@ -283,6 +283,7 @@ pub fn sweep(
         summary.effects.heals_diverged += e.heals_diverged;
         summary.effects.drift_acquisitions += e.drift_acquisitions;
         summary.effects.paused_holders += e.paused_holders;
+        summary.effects.boot_raises += e.boot_raises;
     }
     if seeds >= 32 {
         let e = &summary.effects;

@@ -27,7 +27,8 @@ pub enum Scenario {
     IsolateOwner,
     /// Every 5 s the next node restarts (new boot, same name and address).
     RollingRestart,
-    /// Nodes withdraw and re-obtain resources every 2 s; a crash and restart every 30 s.
+    /// Nodes withdraw and re-obtain resources every 2 s; a crash and restart every 30 s,
+    /// every other one with the restarted node's clock stepped back.
     Churn,
     /// A random mix of faults, network and workload, drawn per seed.
     Swarm,
@@ -81,6 +82,9 @@ pub enum Fault {
     Crash(u32),
     /// Start a new instance (new boot, same name and address).
     Restart(u32),
+    /// Start a new instance whose clock stepped back: its boot is below the last one's, so
+    /// the fleet keeps preferring the old identity until the node raises its boot.
+    RestartClockBack(u32),
     /// Crash whoever holds the resource (its first holder in rank order), restarting it
     /// after the given delay (ns).
     CrashHolder { resource: usize, restart_after: u64 },
@@ -256,7 +260,13 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                 if k % 15 == 14 {
                     let victim = pick(rng, n);
                     faults.push((t, Fault::Crash(victim)));
-                    faults.push((t + 3 * S, Fault::Restart(victim)));
+                    // Every other restart comes back with its clock stepped back.
+                    let restart = if k % 30 == 29 {
+                        Fault::RestartClockBack(victim)
+                    } else {
+                        Fault::Restart(victim)
+                    };
+                    faults.push((t + 3 * S, restart));
                 }
                 k += 1;
                 t += 2 * S;

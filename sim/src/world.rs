@@ -463,6 +463,7 @@ impl World {
             self.foca_bytes += t.foca_bytes;
             self.net.dropped_by_loss += t.lost;
             self.net.dropped_by_partition += t.cut;
+            self.checks.effects.boot_raises += t.boot_raises;
             self.fold(&[u64::from(d.node), t.hash]);
             for (k, (at, out)) in d.outputs.into_iter().enumerate() {
                 match out {
@@ -508,13 +509,19 @@ impl World {
     }
 
     fn start(&mut self, i: u32) {
+        let boot = self.nodes[i as usize].boot + 1;
+        self.start_as(i, boot);
+    }
+
+    /// Starts node `i` (if down) as process start `boot`.
+    fn start_as(&mut self, i: u32, boot: u64) {
         if self.nodes[i as usize].up() {
             return;
         }
         let now = self.now;
         let seeds: Vec<SocketAddr> = (0..self.plan.nodes.min(3) as u32).map(addr).collect();
         let slot = &mut self.nodes[i as usize];
-        slot.boot += 1;
+        slot.boot = boot;
         slot.epoch += 1;
         slot.paused_until = 0;
         slot.backlog.clear();
@@ -658,6 +665,11 @@ impl World {
                 }
             }
             Fault::Restart(i) => self.start(i),
+            Fault::RestartClockBack(i) => {
+                // Below every boot the node had (boots start at 1000).
+                let boot = self.nodes[i as usize].boot.saturating_sub(500).max(1);
+                self.start_as(i, boot);
+            }
             Fault::CrashHolder {
                 resource,
                 restart_after,
@@ -787,6 +799,8 @@ struct Tally {
     foca_bytes: u64,
     lost: u64,
     cut: u64,
+    /// The node raised its boot (its process start number) by itself.
+    boot_raises: u64,
 }
 
 /// One node's share of a window, done.
@@ -971,6 +985,10 @@ impl<'a> NodeRun<'a> {
             }
             while let Some(e) = core.poll_event() {
                 events.push(e);
+            }
+            if core.id().boot != self.slot.boot {
+                self.slot.boot = core.id().boot;
+                self.tally.boot_raises += 1;
             }
             (core.view_fingerprint(), core.poll_timeout())
         };

@@ -229,6 +229,8 @@ pub struct Stats {
     pub suppressed_turn_undead: u64,
     /// foca instances rebuilt after going idle.
     pub rebuilds: u64,
+    /// Times this node raised its boot because the fleet refused its identity.
+    pub boot_raises: u64,
     /// Acquisitions.
     pub acquisitions: u64,
     /// Losses.
@@ -318,6 +320,11 @@ pub struct Core {
     lost_since: BTreeMap<SocketAddr, Duration>,
     /// When the repair timer fires next.
     repair_at: Duration,
+    /// Times the fleet declared this node down since it last raised its boot, all before
+    /// it was ever ready.
+    refusals: u32,
+    /// How much the next boot raise adds (doubles with every raise).
+    boot_step: u64,
     next_lease: u64,
     started: Duration,
     stats: Stats,
@@ -390,6 +397,8 @@ impl Core {
             last_fingerprint: 0,
             lost_since: BTreeMap::new(),
             repair_at: Duration::ZERO,
+            refusals: 0,
+            boot_step: 1,
             next_lease: 1,
             started: now,
             stats: Stats::default(),
@@ -946,11 +955,54 @@ impl Core {
                 self.active = false;
             }
             OwnedNotification::Rejoin(id) => {
-                info!(bump = id.bump, "declared down while running: rejoined");
                 self.id = id;
-                self.bump_record(now);
+                if self.ready_at.is_none() && !self.leaving {
+                    self.refused(now);
+                } else {
+                    info!(bump = id.bump, "declared down while running: rejoined");
+                    self.bump_record(now);
+                }
             }
         }
+    }
+
+    /// The fleet declared this node down before it was ever ready. Once is a false
+    /// suspicion (foca's renewed identity answers it); twice means the fleet refuses the
+    /// identity, most likely because it knows a newer boot at this address (the clock
+    /// stepped back since the last start). Renewals cannot win against a newer boot, so
+    /// the node raises its own, by a step that doubles until one is accepted.
+    fn refused(&mut self, now: Duration) {
+        // Whatever the node heard while refused does not count towards being synced.
+        self.view_confirmed = false;
+        if self.active {
+            self.active_since = Some(now);
+        }
+        self.refusals += 1;
+        if self.refusals < 2 {
+            self.bump_record(now);
+            return;
+        }
+        self.refusals = 0;
+        let boot = self.cfg.boot.saturating_add(self.boot_step);
+        self.boot_step = self.boot_step.saturating_mul(2).min(1 << 32);
+        let id = NodeId::new(self.cfg.addr, boot, 0);
+        if let Err(err) = self.foca.change_identity(id, &mut self.runtime) {
+            debug!(%err, "cannot raise the boot");
+            self.bump_record(now);
+            return;
+        }
+        warn!(
+            from = self.cfg.boot,
+            to = boot,
+            "the fleet refuses this identity (it knows a newer process at this address; \
+             did the clock step back?): raising the boot"
+        );
+        self.stats.boot_raises += 1;
+        self.view.set_own_boot(self.cfg.boot, boot);
+        self.cfg.boot = boot;
+        self.id = id;
+        self.bump_record(now);
+        self.announce(now);
     }
 
     fn member_up(&mut self, now: Duration, id: NodeId) {

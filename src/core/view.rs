@@ -311,6 +311,12 @@ impl View {
         }
     }
 
+    /// This node's own boot changed.
+    pub fn set_own_boot(&mut self, old: u64, new: u64) {
+        self.fingerprint.set(None);
+        self.member_hash ^= entry_hash(&self.own, old, 0) ^ entry_hash(&self.own, new, 0);
+    }
+
     /// Adds a live member (replacing an older identity at its address).
     pub fn insert_member(&mut self, id: NodeId) {
         self.fingerprint.set(None);
