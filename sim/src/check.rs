@@ -7,6 +7,7 @@
 //! | S1 | `bounded-owners-per-view` | among up nodes with identical views (same live members, same record versions), nodes holding `r` that were not told to stop ≤ tickets |
 //! | S2 | `bounded-owners-per-stable-component` | in a network component (a clique of the true network) with no fault for the settle time and loss ≤ 5 %, holders of `r` among its up nodes ≤ tickets |
 //! | P1 | `planned-move-bounded-owners` | with no fault for the settle time and a lossless network, holders of `r` ≤ tickets at every instant, through joins, releases and leaves |
+//! | S3 | `yield-after-drop` | a node yields a ticket unforced only after its application dropped the lease (a forced yield comes after the handoff timeout) |
 //! | L1 | `convergence-after-heal` | within 30 s of the heal, every up node sees every up node, all views are equal, and each resource has min(tickets, candidates) holders, the desired ones |
 //! | L2 | `failover-after-crash` | after a holder crashes on a healthy network, another holder appears within suspicion + probe period + 2 s |
 //! | L3 | `no-flap-when-stable` | once converged after the heal, with loss ≤ 5 %, no ownership changes |
@@ -70,6 +71,8 @@ pub struct Effects {
     /// Nodes that raised their boot: restarted with the clock stepped back, they were
     /// refused until they did.
     pub boot_raises: u64,
+    /// Graceful leaves of a node that held a lease.
+    pub leaving_holders: u64,
 }
 
 /// Checker state.
@@ -221,7 +224,7 @@ impl Checks {
         }
     }
 
-    fn violate(&mut self, invariant: &str, at: u64, detail: String) {
+    pub(crate) fn violate(&mut self, invariant: &str, at: u64, detail: String) {
         // One report per invariant and resource-second is plenty.
         if self
             .violations

@@ -284,6 +284,7 @@ pub fn sweep(
         summary.effects.drift_acquisitions += e.drift_acquisitions;
         summary.effects.paused_holders += e.paused_holders;
         summary.effects.boot_raises += e.boot_raises;
+        summary.effects.leaving_holders += e.leaving_holders;
     }
     if seeds >= 32 {
         let e = &summary.effects;

@@ -27,6 +27,9 @@ pub enum Scenario {
     IsolateOwner,
     /// Every 5 s the next node restarts (new boot, same name and address).
     RollingRestart,
+    /// Every 5 s the next node shuts down gracefully (hands its leases over, leaves the
+    /// membership) and starts again 500 ms after it has left.
+    RollingLeave,
     /// Nodes withdraw and re-obtain resources every 2 s; a crash and restart every 30 s,
     /// every other one with the restarted node's clock stepped back.
     Churn,
@@ -36,13 +39,14 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in CLI order.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Steady,
         Scenario::CrashOwner,
         Scenario::PartitionHalves,
         Scenario::PartitionMinority,
         Scenario::IsolateOwner,
         Scenario::RollingRestart,
+        Scenario::RollingLeave,
         Scenario::Churn,
         Scenario::Swarm,
     ];
@@ -56,6 +60,7 @@ impl Scenario {
             Scenario::PartitionMinority => "partition-minority",
             Scenario::IsolateOwner => "isolate-owner",
             Scenario::RollingRestart => "rolling-restart",
+            Scenario::RollingLeave => "rolling-leave",
             Scenario::Churn => "churn",
             Scenario::Swarm => "swarm",
         }
@@ -82,6 +87,9 @@ pub enum Fault {
     Crash(u32),
     /// Start a new instance (new boot, same name and address).
     Restart(u32),
+    /// Shut the node down gracefully; once it has left, start a new instance after the
+    /// given delay (ns).
+    Leave { node: u32, restart_after: u64 },
     /// Start a new instance whose clock stepped back: its boot is below the last one's, so
     /// the fleet keeps preferring the old identity until the node raises its boot.
     RestartClockBack(u32),
@@ -240,6 +248,22 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
             while t + S < c1 {
                 faults.push((t, Fault::Crash(i as u32)));
                 faults.push((t + 500 * MS, Fault::Restart(i as u32)));
+                i = (i + 1) % n;
+                t += 5 * S;
+            }
+        }
+        Scenario::RollingLeave => {
+            kinds.push("leave");
+            let mut t = c0;
+            let mut i = 0;
+            while t + S < c1 {
+                faults.push((
+                    t,
+                    Fault::Leave {
+                        node: i as u32,
+                        restart_after: 500 * MS,
+                    },
+                ));
                 i = (i + 1) % n;
                 t += 5 * S;
             }

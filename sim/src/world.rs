@@ -116,6 +116,8 @@ pub(crate) struct Slot {
     wake_at: Option<u64>,
     pub started: u64,
     pub ever_active: bool,
+    /// Leaving gracefully: start again this long (ns) after it has left.
+    restart_after_leave: Option<u64>,
     /// The view fingerprint the checkers last heard of (set by `fp_changed`).
     pub fp: u64,
     /// The fingerprint last reported from the node's own processing.
@@ -210,6 +212,7 @@ impl World {
                 wake_at: None,
                 started: 0,
                 ever_active: false,
+                restart_after_leave: None,
                 fp: 0,
                 fp_out: 0,
                 links: Links::new(stream(seed, (1 << 32) | i as u64)),
@@ -550,14 +553,9 @@ impl World {
     }
 
     pub(crate) fn crash(&mut self, i: u32) {
-        let slot = &mut self.nodes[i as usize];
-        if slot.core.take().is_none() {
+        if !self.drop_instance(i) {
             return;
         }
-        slot.epoch += 1;
-        slot.backlog.clear();
-        slot.wake_at = None;
-        slot.paused_until = 0;
         self.trace(Some(i), "crash", String::new());
         for r in 0..self.holders.len() {
             if self.holders[r].contains(&i) {
@@ -565,6 +563,36 @@ impl World {
                 self.checks.owner_crashed(r, self.now, partitioned);
                 self.release(i, r);
             }
+        }
+    }
+
+    /// Drops node `i`'s instance and everything it had scheduled; false if it was down.
+    fn drop_instance(&mut self, i: u32) -> bool {
+        let slot = &mut self.nodes[i as usize];
+        if slot.core.take().is_none() {
+            return false;
+        }
+        slot.epoch += 1;
+        slot.backlog.clear();
+        slot.wake_at = None;
+        slot.paused_until = 0;
+        slot.restart_after_leave = None;
+        true
+    }
+
+    /// Node `i` has left gracefully: its process exits, and starts again if planned.
+    fn left(&mut self, i: u32) {
+        let restart_after = self.nodes[i as usize].restart_after_leave;
+        if !self.drop_instance(i) {
+            return;
+        }
+        self.trace(Some(i), "exit", String::new());
+        // A lease the application still held (a forced handoff) ends with the process.
+        for r in 0..self.holders.len() {
+            self.release(i, r);
+        }
+        if let Some(after) = restart_after {
+            self.push(self.now + after, Ev::Fault(Fault::Restart(i)));
         }
     }
 
@@ -611,6 +639,13 @@ impl World {
                 let r = resource_index(&resource);
                 self.trace(Some(i), "yielded", format!("{resource} forced={forced}"));
                 if r < self.holders.len() {
+                    // Unforced, the ticket goes only once the application dropped the lease.
+                    self.checks.checks += 1;
+                    if !forced && self.holders[r].contains(&i) {
+                        let detail =
+                            format!("n{i} yielded {resource} while its application still held it");
+                        self.checks.violate("yield-after-drop", self.now, detail);
+                    }
                     self.release(i, r);
                     self.checks.yielded(r, self.now);
                 }
@@ -623,6 +658,10 @@ impl World {
                             .false_down(self.net.partition != Partition::None);
                     }
                 }
+            }
+            Event::StateChanged(gossip_election::NodeState::Left) => {
+                self.trace(Some(i), "state", "left".to_string());
+                self.left(i);
             }
             Event::StateChanged(state) => {
                 self.trace(Some(i), "state", state.to_string());
@@ -665,6 +704,24 @@ impl World {
                 }
             }
             Fault::Restart(i) => self.start(i),
+            Fault::Leave {
+                node,
+                restart_after,
+            } => {
+                // A planned move: the fleet must stay within tickets through it.
+                if !self.nodes[node as usize].up() {
+                    return;
+                }
+                if self.holders.iter().any(|h| h.contains(&node)) {
+                    self.checks.effects.leaving_holders += 1;
+                }
+                self.nodes[node as usize].restart_after_leave = Some(restart_after);
+                let local = Duration::from_nanos(self.nodes[node as usize].local(now));
+                if let Some(core) = self.nodes[node as usize].core.as_mut() {
+                    core.leave(local);
+                }
+                self.after_core(node);
+            }
             Fault::RestartClockBack(i) => {
                 // Below every boot the node had (boots start at 1000).
                 let boot = self.nodes[i as usize].boot.saturating_sub(500).max(1);
