@@ -210,6 +210,13 @@ pub enum CommandError {
     NotRunning(NodeState),
 }
 
+/// Members of its view a node announces to, besides the seeds, when it must reconnect.
+const ANNOUNCE_TO_MEMBERS: usize = 3;
+
+/// How long the record of a member that went down is kept, out of the view, for the case
+/// it comes back with the same boot.
+const DORMANT_FOR: Duration = Duration::from_secs(600);
+
 /// Counters, for metrics and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -325,6 +332,9 @@ pub struct Core {
     refusals: u32,
     /// How much the next boot raise adds (doubles with every raise).
     boot_step: u64,
+    /// Records of members that went down, oldest first: `(when, address, boot)`. Each is
+    /// forgotten [`DORMANT_FOR`] after its member went down, unless the member came back.
+    dormant: VecDeque<(Duration, SocketAddr, u64)>,
     next_lease: u64,
     started: Duration,
     stats: Stats,
@@ -399,6 +409,7 @@ impl Core {
             repair_at: Duration::ZERO,
             refusals: 0,
             boot_step: 1,
+            dormant: VecDeque::new(),
             next_lease: 1,
             started: now,
             stats: Stats::default(),
@@ -689,7 +700,7 @@ impl Core {
                 }
             }
             CoreTimer::Announce => {
-                // Re-announce until connected; `Idle` schedules this again.
+                // Re-announce until connected; `Idle` and `reconnect` schedule this again.
                 if !self.active && !self.leaving {
                     self.announce(now);
                     self.schedule(now + self.cfg.timing.announce_interval, CoreTimer::Announce);
@@ -726,6 +737,7 @@ impl Core {
                 self.schedule(self.repair_at, CoreTimer::Repair);
             }
             CoreTimer::AntiEntropy => {
+                self.forget_dormant(now);
                 self.send_digest(now);
                 self.schedule(
                     now + self.cfg.timing.anti_entropy_interval,
@@ -827,9 +839,18 @@ impl Core {
         self.drain_runtime(now);
     }
 
+    /// Announces to the seeds and to a few members of the view (foca accepts an announce
+    /// by address, whatever identity it names).
     fn announce(&mut self, now: Duration) {
-        let seeds = self.cfg.seeds.clone();
-        for seed in seeds {
+        let mut to = self.cfg.seeds.clone();
+        for _ in 0..ANNOUNCE_TO_MEMBERS {
+            if let Some(addr) = self.view.random_member(&mut self.rng)
+                && !to.contains(&addr)
+            {
+                to.push(addr);
+            }
+        }
+        for seed in to {
             let placeholder = NodeId::new(seed, 0, 0);
             if let Err(err) = self.foca.announce(placeholder, &mut self.runtime) {
                 debug!(%err, "announce failed");
@@ -905,7 +926,12 @@ impl Core {
                     self.reported.remove(&addr);
                     self.suspects.remove(&addr);
                     self.view.remove_member(&addr);
-                    self.store.borrow_mut().records.remove(&addr);
+                    // The record stays, out of the view, in case the member comes back
+                    // with the same boot (a healed partition, a false suspicion): the
+                    // fleet then need not send it again.
+                    if let Some(record) = self.store.borrow().records.get(&addr) {
+                        self.dormant.push_back((now, addr, record.boot));
+                    }
                     self.reindex(now, addr);
                     self.events.push_back(Event::MemberDown(id));
                     self.membership_changed();
@@ -959,8 +985,10 @@ impl Core {
                 if self.ready_at.is_none() && !self.leaving {
                     self.refused(now);
                 } else {
+                    // The record is unchanged: members that kept it as it was need nothing,
+                    // the others pull it when they see this node come back.
                     info!(bump = id.bump, "declared down while running: rejoined");
-                    self.bump_record(now);
+                    self.reconnect(now);
                 }
             }
         }
@@ -979,7 +1007,6 @@ impl Core {
         }
         self.refusals += 1;
         if self.refusals < 2 {
-            self.bump_record(now);
             return;
         }
         self.refusals = 0;
@@ -1002,7 +1029,36 @@ impl Core {
         self.cfg.boot = boot;
         self.id = id;
         self.bump_record(now);
+        self.reconnect(now);
+    }
+
+    /// After a change of identity foca is disconnected and deaf until a packet addressed
+    /// to the new identity arrives, and its timers are gone; members may still know only
+    /// the old one (two that renewed at once address each other by the old identities and
+    /// would never talk again). Announce by address until foca connects again.
+    fn reconnect(&mut self, now: Duration) {
+        let announcing = !self.active;
+        self.active = false;
         self.announce(now);
+        if !announcing {
+            self.schedule(now + self.cfg.timing.announce_interval, CoreTimer::Announce);
+        }
+    }
+
+    /// Forgets the records of members down for [`DORMANT_FOR`].
+    fn forget_dormant(&mut self, now: Duration) {
+        while let Some(&(since, addr, boot)) = self.dormant.front() {
+            if now < since + DORMANT_FOR {
+                break;
+            }
+            self.dormant.pop_front();
+            let mut store = self.store.borrow_mut();
+            if !self.view.members.contains_key(&addr)
+                && store.records.get(&addr).is_some_and(|r| r.boot == boot)
+            {
+                store.records.remove(&addr);
+            }
+        }
     }
 
     fn member_up(&mut self, now: Duration, id: NodeId) {

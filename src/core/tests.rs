@@ -20,6 +20,8 @@ struct Fleet {
     auto_drop: bool,
     /// `handle_timeout` calls per node.
     wakeups: BTreeMap<SocketAddr, u64>,
+    /// The side of a partition each node is on (none: the network is whole).
+    sides: BTreeMap<SocketAddr, u8>,
 }
 
 fn addr(i: usize) -> SocketAddr {
@@ -37,6 +39,7 @@ impl Fleet {
             latency: Duration::from_millis(1),
             auto_drop: true,
             wakeups: BTreeMap::new(),
+            sides: BTreeMap::new(),
         }
     }
 
@@ -127,6 +130,9 @@ impl Fleet {
             self.now = t;
             if next_packet == Some(t) {
                 let Reverse((_, _, from, to, data)) = self.inflight.pop().unwrap();
+                if self.sides.get(&from) != self.sides.get(&to) {
+                    continue;
+                }
                 if let Some(core) = self.nodes.get_mut(&to) {
                     core.handle_datagram(t, from, &data);
                     self.flush(to);
@@ -364,4 +370,58 @@ fn settled_node_does_not_wake_every_gossip_interval() {
         );
     }
     assert_eq!(f.holders("echo").len(), 1);
+}
+
+#[test]
+fn members_back_from_a_partition_are_not_sent_again() {
+    let mut f = fleet(4);
+    f.run_for(Duration::from_secs(5));
+    let versions =
+        |f: &mut Fleet| -> Vec<u64> { (0..4).map(|i| f.node(i).own_record().version).collect() };
+    let before = versions(&mut f);
+    // Halves: each declares the other half down.
+    for i in 0..4 {
+        f.sides.insert(addr(i), u8::from(i >= 2));
+    }
+    f.run_for(Duration::from_secs(10));
+    assert!(
+        f.node(0).view.members.len() == 1 && f.node(2).view.members.len() == 1,
+        "the halves did not split"
+    );
+    f.sides.clear();
+    f.run_for(Duration::from_secs(10));
+    // Nobody re-published its record, yet every view holds every member's record again.
+    assert_eq!(
+        versions(&mut f),
+        before,
+        "records were re-published after the heal"
+    );
+    let fingerprints: Vec<u64> = (0..4).map(|i| f.node(i).view_fingerprint()).collect();
+    for i in 0..4 {
+        let n = f.node(i);
+        eprintln!(
+            "w{i} fp {:x} members {:?} missing {:?} records {:?}",
+            n.view_fingerprint(),
+            n.view
+                .members
+                .values()
+                .map(|m| (m.addr().port(), m.boot, m.bump))
+                .collect::<Vec<_>>(),
+            n.view.missing.keys().collect::<Vec<_>>(),
+            n.store
+                .borrow()
+                .records
+                .values()
+                .map(|r| (r.addr.port(), r.boot, r.version, r.ready))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        fingerprints.windows(2).all(|w| w[0] == w[1]),
+        "views differ"
+    );
+    for i in 0..4 {
+        assert_eq!(f.node(i).view.members.len(), 3, "w{i} misses members");
+        assert!(f.node(i).view.missing.is_empty(), "w{i} misses records");
+    }
 }
