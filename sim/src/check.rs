@@ -5,7 +5,7 @@
 //! | id | invariant | promise |
 //! |---|---|---|
 //! | S1 | `bounded-owners-per-view` | among up nodes with identical views (same live members, same record versions), nodes holding `r` that were not told to stop ≤ tickets |
-//! | S2 | `bounded-owners-per-stable-component` | in a network component (a clique of the true network) with no fault for the settle time and loss ≤ 5 %, holders of `r` among its up nodes ≤ tickets |
+//! | S2 | `bounded-owners-per-stable-component` | in a network component (a clique of the true network) with no fault and no false down (a live member declared down: available mode then elects on both sides) for the settle time, and loss ≤ 5 %, holders of `r` among its up nodes ≤ tickets |
 //! | P1 | `planned-move-bounded-owners` | with no fault for the settle time and a lossless network, holders of `r` ≤ tickets at every instant, through joins, releases and leaves |
 //! | S3 | `yield-after-drop` | a node yields a ticket unforced only after its application dropped the lease (a forced yield comes after the handoff timeout) |
 //! | L1 | `convergence-after-heal` | within 30 s of the heal, every up node sees every up node, all views are equal, and each resource has min(tickets, candidates) holders, the desired ones |
@@ -85,6 +85,8 @@ pub struct Checks {
     pub checks: u64,
     boot_end: u64,
     last_disturbance: u64,
+    /// When a live member was last declared down outside a partition.
+    last_false_down: u64,
     last_partition_change: u64,
     lossless: bool,
     /// Converging since, and after what.
@@ -118,6 +120,7 @@ impl Checks {
             checks: 0,
             boot_end: plan.boot_end,
             last_disturbance: 0,
+            last_false_down: 0,
             last_partition_change: 0,
             lossless: plan.loss == 0.0 && plan.duplicate == 0.0 && plan.burst.is_none(),
             converge_from: Some((0, Phase::Boot)),
@@ -208,10 +211,13 @@ impl Checks {
         self.last_yield[r] = Some(at);
     }
 
-    pub fn false_down(&mut self, during_partition: bool) {
+    pub fn false_down(&mut self, at: u64, during_partition: bool) {
         self.false_downs += 1;
         if during_partition {
             self.effects.partition_downs += 1;
+        } else {
+            // The failure detector erred (loss): available mode then elects on both sides.
+            self.last_false_down = self.last_false_down.max(at);
         }
     }
 
@@ -329,9 +335,11 @@ impl World {
     /// S2 over the resources given (all when None).
     fn check_components(&mut self, only: Option<usize>) {
         let now = self.now;
-        if now < self.checks.last_disturbance(now).max(self.checks.boot_end) + SETTLE
-            || !self.checks.stable_loss
-        {
+        let since = self
+            .checks
+            .last_disturbance(now)
+            .max(self.checks.last_false_down);
+        if now < since.max(self.checks.boot_end) + SETTLE || !self.checks.stable_loss {
             return;
         }
         let Some(groups) = self.net.partition.cliques(self.plan.nodes) else {

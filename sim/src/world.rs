@@ -655,7 +655,7 @@ impl World {
                     let slot = &self.nodes[j as usize];
                     if slot.up() && slot.boot == id.boot {
                         self.checks
-                            .false_down(self.net.partition != Partition::None);
+                            .false_down(self.now, self.net.partition != Partition::None);
                     }
                 }
             }
