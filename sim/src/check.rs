@@ -73,6 +73,10 @@ pub struct Effects {
     pub boot_raises: u64,
     /// Graceful leaves of a node that held a lease.
     pub leaving_holders: u64,
+    /// Holders cut off and replaced by a process with their name at another address.
+    pub rescheduled_holders: u64,
+    /// Processes that stood down because a newer one with their name appeared.
+    pub superseded: u64,
 }
 
 /// Checker state.

@@ -285,6 +285,8 @@ pub fn sweep(
         summary.effects.paused_holders += e.paused_holders;
         summary.effects.boot_raises += e.boot_raises;
         summary.effects.leaving_holders += e.leaving_holders;
+        summary.effects.rescheduled_holders += e.rescheduled_holders;
+        summary.effects.superseded += e.superseded;
     }
     if seeds >= 32 {
         let e = &summary.effects;

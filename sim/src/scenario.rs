@@ -30,6 +30,11 @@ pub enum Scenario {
     /// Every 5 s the next node shuts down gracefully (hands its leases over, leaves the
     /// membership) and starts again 500 ms after it has left.
     RollingLeave,
+    /// Every 40 s the holder of `r0` is cut off from everyone and a process with its name
+    /// starts at another node's address (as when a scheduler moves a worker off a machine it
+    /// cannot reach); 15 s later the network heals, so two processes share the name, and
+    /// 10 s after that the old one is stopped.
+    Reschedule,
     /// Nodes withdraw and re-obtain resources every 2 s; a crash and restart every 30 s,
     /// every other one with the restarted node's clock stepped back.
     Churn,
@@ -39,7 +44,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in CLI order.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Steady,
         Scenario::CrashOwner,
         Scenario::PartitionHalves,
@@ -47,6 +52,7 @@ impl Scenario {
         Scenario::IsolateOwner,
         Scenario::RollingRestart,
         Scenario::RollingLeave,
+        Scenario::Reschedule,
         Scenario::Churn,
         Scenario::Swarm,
     ];
@@ -61,6 +67,7 @@ impl Scenario {
             Scenario::IsolateOwner => "isolate-owner",
             Scenario::RollingRestart => "rolling-restart",
             Scenario::RollingLeave => "rolling-leave",
+            Scenario::Reschedule => "reschedule",
             Scenario::Churn => "churn",
             Scenario::Swarm => "swarm",
         }
@@ -75,7 +82,10 @@ impl Scenario {
     pub fn partitions(self) -> bool {
         matches!(
             self,
-            Scenario::PartitionHalves | Scenario::PartitionMinority | Scenario::IsolateOwner
+            Scenario::PartitionHalves
+                | Scenario::PartitionMinority
+                | Scenario::IsolateOwner
+                | Scenario::Reschedule
         )
     }
 }
@@ -100,6 +110,12 @@ pub enum Fault {
     Partition(Partition),
     /// Cut the holder of the resource from everyone.
     IsolateHolder(usize),
+    /// Cut the holder of the resource from everyone and start a process with its name (and
+    /// a newer boot) in place of another node that holds nothing; the replaced node's
+    /// process is crashed first.
+    RescheduleHolder(usize),
+    /// Crash the oldest of two up processes that share a name, if any.
+    StopOlderNamesake,
     /// Remove partitions.
     HealNetwork,
     /// Freeze a node for a while (ns).
@@ -238,6 +254,17 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
             while t + 25 * S < c1 {
                 faults.push((t, Fault::IsolateHolder(0)));
                 faults.push((t + 20 * S, Fault::HealNetwork));
+                t += 40 * S;
+            }
+        }
+        Scenario::Reschedule => {
+            kinds.push("partition");
+            kinds.push("reschedule");
+            let mut t = c0;
+            while t + 30 * S < c1 {
+                faults.push((t, Fault::RescheduleHolder(0)));
+                faults.push((t + 15 * S, Fault::HealNetwork));
+                faults.push((t + 25 * S, Fault::StopOlderNamesake));
                 t += 40 * S;
             }
         }

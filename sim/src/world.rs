@@ -2,7 +2,7 @@
 //! sans-IO core in virtual time, the network model, faults and the application model.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Mutex;
@@ -106,6 +106,9 @@ impl Ev {
 /// One node slot: the instance (if up) and what the world knows about it.
 pub(crate) struct Slot {
     pub core: Option<Core>,
+    /// The node name its processes start with (`n{index}` unless a process with another
+    /// node's name was started here).
+    name: String,
     pub epoch: u32,
     pub boot: u64,
     pub drift: f64,
@@ -202,6 +205,7 @@ impl World {
         let nodes = (0..n)
             .map(|i| Slot {
                 core: None,
+                name: format!("n{i}"),
                 epoch: 0,
                 boot: 1000 + i as u64 * 7,
                 drift: 0.0,
@@ -532,7 +536,7 @@ impl World {
         slot.started = now;
         slot.ever_active = false;
         slot.rebase(now, slot.drift);
-        let mut cfg = CoreConfig::new(format!("n{i}"), addr(i), slot.boot);
+        let mut cfg = CoreConfig::new(slot.name.clone(), addr(i), slot.boot);
         cfg.seeds = seeds;
         cfg.rng_seed = splitmix64(self.seed ^ splitmix64(u64::from(i) << 20 ^ slot.boot));
         cfg.bugs = self.bugs;
@@ -659,6 +663,10 @@ impl World {
                     }
                 }
             }
+            Event::StateChanged(gossip_election::NodeState::Superseded) => {
+                self.trace(Some(i), "state", "superseded".to_string());
+                self.checks.effects.superseded += 1;
+            }
             Event::StateChanged(gossip_election::NodeState::Left) => {
                 self.trace(Some(i), "state", "left".to_string());
                 self.left(i);
@@ -747,6 +755,49 @@ impl World {
                     g[i as usize] = 1;
                     self.net.partition = Partition::Groups(g);
                     self.checks.disturbed(now, true);
+                }
+            }
+            Fault::RescheduleHolder(r) => {
+                let Some(h) = self.holder_of(r) else {
+                    return;
+                };
+                // The replaced node: the last up node that holds nothing.
+                let spare = (0..self.plan.nodes as u32).rev().find(|&v| {
+                    v != h
+                        && self.nodes[v as usize].up()
+                        && self.holders.iter().all(|holders| !holders.contains(&v))
+                });
+                let Some(v) = spare else {
+                    return;
+                };
+                let mut g = vec![0u8; self.plan.nodes];
+                g[h as usize] = 1;
+                self.net.partition = Partition::Groups(g);
+                self.checks.disturbed(now, true);
+                self.checks.effects.rescheduled_holders += 1;
+                self.crash(v);
+                let boot = self.nodes[h as usize].boot.max(self.nodes[v as usize].boot) + 1;
+                self.nodes[v as usize].name = self.nodes[h as usize].name.clone();
+                self.start_as(v, boot);
+            }
+            Fault::StopOlderNamesake => {
+                let mut by_name: BTreeMap<&str, Vec<(u64, u32)>> = BTreeMap::new();
+                for (i, slot) in self.nodes.iter().enumerate() {
+                    if slot.up() {
+                        by_name
+                            .entry(&slot.name)
+                            .or_default()
+                            .push((slot.boot, i as u32));
+                    }
+                }
+                let older: Vec<u32> = by_name
+                    .values()
+                    .filter(|procs| procs.len() > 1)
+                    .filter_map(|procs| procs.iter().min().map(|&(_, i)| i))
+                    .collect();
+                for i in older {
+                    self.crash(i);
+                    self.checks.disturbed(now, false);
                 }
             }
             Fault::HealNetwork => {

@@ -50,3 +50,24 @@ fn graceful_rolling_leaves_stay_within_tickets_at_every_instant() {
         );
     }
 }
+
+/// `reschedule` cuts the holder of `r0` off and starts a process with its name at another
+/// node's address; after the heal two live processes share the name. The older must stand
+/// down (superseded) and the fleet converge on the newer one within the heal bound, with
+/// no checker firing.
+#[test]
+fn a_holder_rescheduled_elsewhere_during_a_partition_hands_over_to_its_newer_self() {
+    for seed in [1, 2] {
+        let report = clean_run(RunConfig::new(seed, 16, Scenario::Reschedule));
+        assert!(
+            report.effects.rescheduled_holders > 0,
+            "seed {seed}: no holder was rescheduled"
+        );
+        assert!(
+            report.effects.superseded >= report.effects.rescheduled_holders,
+            "seed {seed}: {} holders rescheduled, {} older processes stood down",
+            report.effects.rescheduled_holders,
+            report.effects.superseded
+        );
+    }
+}
