@@ -30,6 +30,9 @@ pub enum Scenario {
     /// Every 5 s the next node shuts down gracefully (hands its leases over, leaves the
     /// membership) and starts again 500 ms after it has left.
     RollingLeave,
+    /// The network splits in halves for 2 s and heals for 3 s, over and over (a flapping
+    /// link between two racks).
+    Flap,
     /// Every 40 s the holder of `r0` is cut off from everyone and a process with its name
     /// starts at another node's address (as when a scheduler moves a worker off a machine it
     /// cannot reach); 15 s later the network heals, so two processes share the name, and
@@ -44,7 +47,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in CLI order.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Steady,
         Scenario::CrashOwner,
         Scenario::PartitionHalves,
@@ -52,6 +55,7 @@ impl Scenario {
         Scenario::IsolateOwner,
         Scenario::RollingRestart,
         Scenario::RollingLeave,
+        Scenario::Flap,
         Scenario::Reschedule,
         Scenario::Churn,
         Scenario::Swarm,
@@ -67,6 +71,7 @@ impl Scenario {
             Scenario::IsolateOwner => "isolate-owner",
             Scenario::RollingRestart => "rolling-restart",
             Scenario::RollingLeave => "rolling-leave",
+            Scenario::Flap => "flap",
             Scenario::Reschedule => "reschedule",
             Scenario::Churn => "churn",
             Scenario::Swarm => "swarm",
@@ -86,6 +91,7 @@ impl Scenario {
                 | Scenario::PartitionMinority
                 | Scenario::IsolateOwner
                 | Scenario::Reschedule
+                | Scenario::Flap
         )
     }
 }
@@ -255,6 +261,16 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                 faults.push((t, Fault::IsolateHolder(0)));
                 faults.push((t + 20 * S, Fault::HealNetwork));
                 t += 40 * S;
+            }
+        }
+        Scenario::Flap => {
+            kinds.push("partition");
+            let halves: Vec<u8> = (0..n).map(|i| u8::from(i >= n / 2)).collect();
+            let mut t = c0;
+            while t + 5 * S < c1 {
+                faults.push((t, Fault::Partition(Partition::Groups(halves.clone()))));
+                faults.push((t + 2 * S, Fault::HealNetwork));
+                t += 5 * S;
             }
         }
         Scenario::Reschedule => {

@@ -71,3 +71,21 @@ fn a_holder_rescheduled_elsewhere_during_a_partition_hands_over_to_its_newer_sel
         );
     }
 }
+
+/// `flap` splits the fleet in halves for 2 s and heals it for 3 s, over and over: every
+/// cycle declares half the fleet down on each side and renews identities. After the last
+/// heal the fleet must converge, and no checker may fire on the way.
+#[test]
+fn a_flapping_partition_converges_after_the_last_heal() {
+    for (nodes, seed) in [(7, 1), (32, 2)] {
+        let report = clean_run(RunConfig::new(seed, nodes, Scenario::Flap));
+        assert!(
+            report.metrics.false_downs > 0,
+            "{nodes} nodes, seed {seed}: the flapping never declared anyone down"
+        );
+        assert!(
+            report.metrics.heal_convergence_ms.is_some(),
+            "{nodes} nodes, seed {seed}: no convergence after the final heal"
+        );
+    }
+}
