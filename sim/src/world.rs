@@ -751,10 +751,7 @@ impl World {
             }
             Fault::IsolateHolder(r) => {
                 if let Some(i) = self.holder_of(r) {
-                    let mut g = vec![0u8; self.plan.nodes];
-                    g[i as usize] = 1;
-                    self.net.partition = Partition::Groups(g);
-                    self.checks.disturbed(now, true);
+                    self.isolate(i);
                 }
             }
             Fault::RescheduleHolder(r) => {
@@ -770,10 +767,7 @@ impl World {
                 let Some(v) = spare else {
                     return;
                 };
-                let mut g = vec![0u8; self.plan.nodes];
-                g[h as usize] = 1;
-                self.net.partition = Partition::Groups(g);
-                self.checks.disturbed(now, true);
+                self.isolate(h);
                 self.checks.effects.rescheduled_holders += 1;
                 self.crash(v);
                 let boot = self.nodes[h as usize].boot.max(self.nodes[v as usize].boot) + 1;
@@ -854,6 +848,14 @@ impl World {
                 self.checks.heal(now, true);
             }
         }
+    }
+
+    /// Cuts node `i` from everyone.
+    fn isolate(&mut self, i: u32) {
+        let mut g = vec![0u8; self.plan.nodes];
+        g[i as usize] = 1;
+        self.net.partition = Partition::Groups(g);
+        self.checks.disturbed(self.now, true);
     }
 
     /// The workload has `node` compete for `resource` (again).

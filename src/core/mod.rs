@@ -850,8 +850,8 @@ impl Core {
                 to.push(addr);
             }
         }
-        for seed in to {
-            let placeholder = NodeId::new(seed, 0, 0);
+        for addr in to {
+            let placeholder = NodeId::new(addr, 0, 0);
             if let Err(err) = self.foca.announce(placeholder, &mut self.runtime) {
                 debug!(%err, "announce failed");
             }
@@ -1002,20 +1002,21 @@ impl Core {
     fn refused(&mut self, now: Duration) {
         // Whatever the node heard while refused does not count towards being synced.
         self.view_confirmed = false;
-        if self.active {
-            self.active_since = Some(now);
-        }
+        self.active_since = None;
         self.refusals += 1;
-        if self.refusals < 2 {
-            return;
+        if self.refusals >= 2 {
+            self.refusals = 0;
+            self.raise_boot(now);
         }
-        self.refusals = 0;
+        self.reconnect(now);
+    }
+
+    fn raise_boot(&mut self, now: Duration) {
         let boot = self.cfg.boot.saturating_add(self.boot_step);
         self.boot_step = self.boot_step.saturating_mul(2).min(1 << 32);
         let id = NodeId::new(self.cfg.addr, boot, 0);
         if let Err(err) = self.foca.change_identity(id, &mut self.runtime) {
             debug!(%err, "cannot raise the boot");
-            self.bump_record(now);
             return;
         }
         warn!(
@@ -1029,7 +1030,6 @@ impl Core {
         self.cfg.boot = boot;
         self.id = id;
         self.bump_record(now);
-        self.reconnect(now);
     }
 
     /// After a change of identity foca is disconnected and deaf until a packet addressed
@@ -1037,9 +1037,12 @@ impl Core {
     /// the old one (two that renewed at once address each other by the old identities and
     /// would never talk again). Announce by address until foca connects again.
     fn reconnect(&mut self, now: Duration) {
-        let announcing = !self.active;
         self.active = false;
         self.announce(now);
+        let announcing = self
+            .timers
+            .iter()
+            .any(|Reverse((_, timer, _))| *timer == CoreTimer::Announce);
         if !announcing {
             self.schedule(now + self.cfg.timing.announce_interval, CoreTimer::Announce);
         }

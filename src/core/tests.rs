@@ -397,25 +397,6 @@ fn members_back_from_a_partition_are_not_sent_again() {
         "records were re-published after the heal"
     );
     let fingerprints: Vec<u64> = (0..4).map(|i| f.node(i).view_fingerprint()).collect();
-    for i in 0..4 {
-        let n = f.node(i);
-        eprintln!(
-            "w{i} fp {:x} members {:?} missing {:?} records {:?}",
-            n.view_fingerprint(),
-            n.view
-                .members
-                .values()
-                .map(|m| (m.addr().port(), m.boot, m.bump))
-                .collect::<Vec<_>>(),
-            n.view.missing.keys().collect::<Vec<_>>(),
-            n.store
-                .borrow()
-                .records
-                .values()
-                .map(|r| (r.addr.port(), r.boot, r.version, r.ready))
-                .collect::<Vec<_>>()
-        );
-    }
     assert!(
         fingerprints.windows(2).all(|w| w[0] == w[1]),
         "views differ"
