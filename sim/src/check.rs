@@ -377,6 +377,16 @@ impl World {
     }
 
     /// Periodic checks: S2 over everything, L1, L2 deadlines, H1, H2.
+    /// Whether node `i` is up and competes for `r`: the workload wants it to, and it was
+    /// not superseded by a newer process with its name (which stops competing for good).
+    fn competes(&self, i: usize, r: usize) -> bool {
+        self.competing[i][r]
+            && self.nodes[i]
+                .core
+                .as_ref()
+                .is_some_and(|c| c.state() != gossip_election::NodeState::Superseded)
+    }
+
     pub(crate) fn sample(&mut self) {
         let now = self.now;
         self.check_components(None);
@@ -386,11 +396,7 @@ impl World {
                 self.checks.checks += 1;
                 // Only a competing up node that does not hold it yet can take over.
                 let candidates = (0..self.plan.nodes)
-                    .filter(|&i| {
-                        self.nodes[i].up()
-                            && self.competing[i][r]
-                            && !self.holders[r].contains(&(i as u32))
-                    })
+                    .filter(|&i| self.competes(i, r) && !self.holders[r].contains(&(i as u32)))
                     .count();
                 if candidates == 0 {
                     self.checks.pending_failover[r] = None;
@@ -546,7 +552,7 @@ impl World {
         }
         let core = self.nodes[first].core.as_ref().expect("up");
         for r in 0..self.holders.len() {
-            let candidates = up.iter().filter(|&&i| self.competing[i][r]).count();
+            let candidates = up.iter().filter(|&&i| self.competes(i, r)).count();
             let want = candidates.min(usize::from(self.plan.tickets[r]));
             if self.holders[r].len() != want {
                 return Err(format!(

@@ -296,6 +296,15 @@ pub fn sweep(
             ("a heal found views or owners diverged", e.heals_diverged),
             ("an acquisition under clock drift", e.drift_acquisitions),
             ("a pause froze a holder", e.paused_holders),
+            ("a graceful leave hit a holder", e.leaving_holders),
+            (
+                "a restart with the clock stepped back raised a boot",
+                e.boot_raises,
+            ),
+            (
+                "a holder was rescheduled to another address",
+                e.rescheduled_holders,
+            ),
         ] {
             if count == 0 {
                 summary.inert.push(name.to_string());

@@ -106,6 +106,8 @@ pub enum Fault {
     /// Shut the node down gracefully; once it has left, start a new instance after the
     /// given delay (ns).
     Leave { node: u32, restart_after: u64 },
+    /// As `Leave`, for whoever holds the resource (its first holder in rank order).
+    LeaveHolder { resource: usize, restart_after: u64 },
     /// Start a new instance whose clock stepped back: its boot is below the last one's, so
     /// the fleet keeps preferring the old identity until the node raises its boot.
     RestartClockBack(u32),
@@ -437,6 +439,43 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                     }
                 }
                 t = end + rng.random_range(1..15) * S;
+            }
+            // Kinds added to the mix later, drawn after it, so that every seed keeps the
+            // faults it had before them.
+            for kind in ["leave", "clock-back", "reschedule", "flap"] {
+                if !rng.random_bool(0.25) || c1 < c0 + 40 * S {
+                    continue;
+                }
+                let t = rng.random_range(c0 / S..(c1 - 30 * S) / S) * S;
+                kinds.push(kind);
+                match kind {
+                    "leave" => faults.push((
+                        t,
+                        Fault::LeaveHolder {
+                            resource: rng.random_range(0..resources),
+                            restart_after: 500 * MS,
+                        },
+                    )),
+                    "clock-back" => {
+                        let node = pick(rng, n);
+                        faults.push((t, Fault::Crash(node)));
+                        faults.push((t + 3 * S, Fault::RestartClockBack(node)));
+                    }
+                    "reschedule" => {
+                        let resource = rng.random_range(0..resources);
+                        faults.push((t, Fault::RescheduleHolder(resource)));
+                        faults.push((t + 15 * S, Fault::HealNetwork));
+                        faults.push((t + 25 * S, Fault::StopOlderNamesake));
+                    }
+                    _ => {
+                        let halves: Vec<u8> = (0..n).map(|i| u8::from(i >= n / 2)).collect();
+                        for k in 0..4 {
+                            let at = t + k * 5 * S;
+                            faults.push((at, Fault::Partition(Partition::Groups(halves.clone()))));
+                            faults.push((at + 2 * S, Fault::HealNetwork));
+                        }
+                    }
+                }
             }
         }
     }

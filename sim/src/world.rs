@@ -666,6 +666,8 @@ impl World {
             Event::StateChanged(gossip_election::NodeState::Superseded) => {
                 self.trace(Some(i), "state", "superseded".to_string());
                 self.checks.effects.superseded += 1;
+                // It heard of its newer namesake from the fleet: it is connected.
+                self.nodes[i as usize].ever_active = true;
             }
             Event::StateChanged(gossip_election::NodeState::Left) => {
                 self.trace(Some(i), "state", "left".to_string());
@@ -715,20 +717,14 @@ impl World {
             Fault::Leave {
                 node,
                 restart_after,
+            } => self.leave(node, restart_after),
+            Fault::LeaveHolder {
+                resource,
+                restart_after,
             } => {
-                // A planned move: the fleet must stay within tickets through it.
-                if !self.nodes[node as usize].up() {
-                    return;
+                if let Some(node) = self.holder_of(resource) {
+                    self.leave(node, restart_after);
                 }
-                if self.holders.iter().any(|h| h.contains(&node)) {
-                    self.checks.effects.leaving_holders += 1;
-                }
-                self.nodes[node as usize].restart_after_leave = Some(restart_after);
-                let local = Duration::from_nanos(self.nodes[node as usize].local(now));
-                if let Some(core) = self.nodes[node as usize].core.as_mut() {
-                    core.leave(local);
-                }
-                self.after_core(node);
             }
             Fault::RestartClockBack(i) => {
                 // Below every boot the node had (boots start at 1000).
@@ -848,6 +844,23 @@ impl World {
                 self.checks.heal(now, true);
             }
         }
+    }
+
+    /// Shuts node `node` down gracefully (a planned move: the fleet must stay within
+    /// tickets through it); it starts again `restart_after` after it has left.
+    fn leave(&mut self, node: u32, restart_after: u64) {
+        if !self.nodes[node as usize].up() {
+            return;
+        }
+        if self.holders.iter().any(|h| h.contains(&node)) {
+            self.checks.effects.leaving_holders += 1;
+        }
+        self.nodes[node as usize].restart_after_leave = Some(restart_after);
+        let local = Duration::from_nanos(self.nodes[node as usize].local(self.now));
+        if let Some(core) = self.nodes[node as usize].core.as_mut() {
+            core.leave(local);
+        }
+        self.after_core(node);
     }
 
     /// Cuts node `i` from everyone.

@@ -332,6 +332,8 @@ pub struct Core {
     refusals: u32,
     /// How much the next boot raise adds (doubles with every raise).
     boot_step: u64,
+    /// When foca last renewed this node's identity because it was declared down.
+    last_rejoin: Option<Duration>,
     /// Records of members that went down, oldest first: `(when, address, boot)`. Each is
     /// forgotten [`DORMANT_FOR`] after its member went down, unless the member came back.
     dormant: VecDeque<(Duration, SocketAddr, u64)>,
@@ -410,6 +412,7 @@ impl Core {
             refusals: 0,
             boot_step: 1,
             dormant: VecDeque::new(),
+            last_rejoin: None,
             next_lease: 1,
             started: now,
             stats: Stats::default(),
@@ -946,7 +949,7 @@ impl Core {
                         if store
                             .records
                             .get(&old.addr())
-                            .is_some_and(|r| r.boot < new.boot)
+                            .is_some_and(|r| r.boot != new.boot)
                         {
                             store.records.remove(&old.addr());
                         }
@@ -982,8 +985,22 @@ impl Core {
             }
             OwnedNotification::Rejoin(id) => {
                 self.id = id;
-                if self.ready_at.is_none() && !self.leaving {
+                // A second mistaken suspicion takes a whole suspicion time; a refusal
+                // comes back within a round trip of the announce that follows a renewal.
+                let again = self
+                    .last_rejoin
+                    .is_some_and(|t| now < t + self.cfg.timing.suspect_to_down);
+                self.last_rejoin = Some(now);
+                if self.leaving {
+                    info!(bump = id.bump, "declared down while leaving");
+                } else if self.ready_at.is_none() {
                     self.refused(now);
+                } else if again {
+                    // Declared down again at once: part of the fleet refuses this identity
+                    // (it knows a newer boot at this address, from before the clock
+                    // stepped back), and renewals cannot win against a newer boot.
+                    self.raise_boot(now);
+                    self.reconnect(now);
                 } else {
                     // The record is unchanged: members that kept it as it was need nothing,
                     // the others pull it when they see this node come back.
@@ -1067,11 +1084,13 @@ impl Core {
     fn member_up(&mut self, now: Duration, id: NodeId) {
         self.view.insert_member(id);
         {
+            // A record of another process at this address (an older one, or a newer boot
+            // kept from before the clock stepped back) would shadow this one's.
             let mut store = self.store.borrow_mut();
             if store
                 .records
                 .get(&id.addr())
-                .is_some_and(|r| r.boot < id.boot)
+                .is_some_and(|r| r.boot != id.boot)
             {
                 store.records.remove(&id.addr());
             }
