@@ -1,17 +1,14 @@
 //! Faults the library must survive beyond the sweep's random mix.
 
+mod common;
+
 use sim::{Report, RunConfig, S, Scenario, run};
 
 /// Runs `config` for 180 simulated seconds and fails on any violation.
 fn clean_run(mut config: RunConfig) -> Report {
     config.duration = 180 * S;
     let report = run(&config, None);
-    assert!(
-        report.violations.is_empty(),
-        "{:?}\nreproduce: {}",
-        report.violations,
-        report.reproduce
-    );
+    common::assert_clean(&report, config.scenario.name());
     report
 }
 

@@ -1,6 +1,8 @@
 //! Replays every run in `sim/seeds/`: each once exposed a bug in the library or a
 //! checker, and must stay clean.
 
+mod common;
+
 use sim::{RunConfig, S, Scenario, run};
 
 #[test]
@@ -24,13 +26,7 @@ fn regression_seeds_stay_clean() {
             if let Some(loss) = f.get(5) {
                 config.loss = loss.parse().unwrap();
             }
-            let report = run(&config, None);
-            assert!(
-                report.violations.is_empty(),
-                "{line}: {:?}\nreproduce: {}",
-                report.violations,
-                report.reproduce
-            );
+            common::assert_clean(&run(&config, None), line);
             runs += 1;
         }
     }

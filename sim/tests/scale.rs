@@ -3,6 +3,8 @@
 //! every member from one foca feed; before the membership sync it still lacked members
 //! 30 s after the heal.
 
+mod common;
+
 use sim::{RunConfig, S, Scenario, run};
 
 /// A thousand nodes allocate and free packets and records on two threads; mimalloc
@@ -16,12 +18,7 @@ fn thousand_nodes_ten_minutes_partition_crash_and_heal() {
     config.duration = 600 * S;
     config.threads = 2;
     let report = run(&config, None);
-    assert!(
-        report.violations.is_empty(),
-        "{:?}\nreproduce: {}",
-        report.violations,
-        report.reproduce
-    );
+    common::assert_clean(&report, "1000 nodes");
     assert!(report.metrics.dropped_by_partition > 0);
     assert!(report.effects.owner_crashes > 0);
     assert!(report.effects.partition_downs > 0);

@@ -327,9 +327,6 @@ pub struct Core {
     lost_since: BTreeMap<SocketAddr, Duration>,
     /// When the repair timer fires next.
     repair_at: Duration,
-    /// Times the fleet declared this node down since it last raised its boot, all before
-    /// it was ever ready.
-    refusals: u32,
     /// How much the next boot raise adds (doubles with every raise).
     boot_step: u64,
     /// When foca last renewed this node's identity because it was declared down.
@@ -409,7 +406,6 @@ impl Core {
             last_fingerprint: 0,
             lost_since: BTreeMap::new(),
             repair_at: Duration::ZERO,
-            refusals: 0,
             boot_step: 1,
             dormant: VecDeque::new(),
             last_rejoin: None,
@@ -919,41 +915,16 @@ impl Core {
                 self.member_up(now, id);
             }
             OwnedNotification::MemberDown(id) => {
-                let addr = id.addr();
-                debug!(member = %addr, boot = id.boot, "member down");
-                if self.view.members.get(&addr) == Some(&id) {
-                    if let Some(name) = self.view.name_of(&addr) {
-                        self.known_names.insert(addr, name.to_string());
-                    }
-                    self.lost_since.entry(addr).or_insert(now);
-                    self.reported.remove(&addr);
-                    self.suspects.remove(&addr);
-                    self.view.remove_member(&addr);
-                    // The record stays, out of the view, in case the member comes back
-                    // with the same boot (a healed partition, a false suspicion): the
-                    // fleet then need not send it again.
-                    if let Some(record) = self.store.borrow().records.get(&addr) {
-                        self.dormant.push_back((now, addr, record.boot));
-                    }
-                    self.reindex(now, addr);
-                    self.events.push_back(Event::MemberDown(id));
-                    self.membership_changed();
+                debug!(member = %id.addr(), boot = id.boot, "member down");
+                if self.view.members.get(&id.addr()) == Some(&id) {
+                    self.member_gone(now, id);
                 }
             }
             OwnedNotification::Rename(old, new) => {
                 debug!(member = %new.addr(), old_boot = old.boot, new_boot = new.boot, "member renamed");
                 let was_live = self.view.members.contains_key(&old.addr());
                 if was_live {
-                    if old.boot != new.boot {
-                        let mut store = self.store.borrow_mut();
-                        if store
-                            .records
-                            .get(&old.addr())
-                            .is_some_and(|r| r.boot != new.boot)
-                        {
-                            store.records.remove(&old.addr());
-                        }
-                    }
+                    self.store.borrow_mut().forget_other_boot(&new);
                     self.view.insert_member(new);
                     self.reindex(now, new.addr());
                     if old.boot != new.boot {
@@ -993,41 +964,31 @@ impl Core {
                 self.last_rejoin = Some(now);
                 if self.leaving {
                     info!(bump = id.bump, "declared down while leaving");
-                } else if self.ready_at.is_none() {
-                    self.refused(now);
-                } else if again {
-                    // Declared down again at once: part of the fleet refuses this identity
-                    // (it knows a newer boot at this address, from before the clock
-                    // stepped back), and renewals cannot win against a newer boot.
+                    return;
+                }
+                if self.ready_at.is_none() {
+                    // What a node heard before it was declared down does not count
+                    // towards being synced.
+                    self.view_confirmed = false;
+                    self.active_since = None;
+                }
+                if again {
+                    // Declared down again at once: the fleet refuses this identity (it
+                    // knows a newer boot at this address, from before the clock stepped
+                    // back), and renewals cannot win against a newer boot.
                     self.raise_boot(now);
-                    self.reconnect(now);
                 } else {
                     // The record is unchanged: members that kept it as it was need nothing,
                     // the others pull it when they see this node come back.
                     info!(bump = id.bump, "declared down while running: rejoined");
-                    self.reconnect(now);
                 }
+                self.reconnect(now);
             }
         }
     }
 
-    /// The fleet declared this node down before it was ever ready. Once is a false
-    /// suspicion (foca's renewed identity answers it); twice means the fleet refuses the
-    /// identity, most likely because it knows a newer boot at this address (the clock
-    /// stepped back since the last start). Renewals cannot win against a newer boot, so
-    /// the node raises its own, by a step that doubles until one is accepted.
-    fn refused(&mut self, now: Duration) {
-        // Whatever the node heard while refused does not count towards being synced.
-        self.view_confirmed = false;
-        self.active_since = None;
-        self.refusals += 1;
-        if self.refusals >= 2 {
-            self.refusals = 0;
-            self.raise_boot(now);
-        }
-        self.reconnect(now);
-    }
-
+    /// Raises this node's boot by a step that doubles with every raise, until the fleet
+    /// accepts the identity.
     fn raise_boot(&mut self, now: Duration) {
         let boot = self.cfg.boot.saturating_add(self.boot_step);
         self.boot_step = self.boot_step.saturating_mul(2).min(1 << 32);
@@ -1065,6 +1026,27 @@ impl Core {
         }
     }
 
+    /// A live member is gone (declared down, or this node lost every member).
+    fn member_gone(&mut self, now: Duration, id: NodeId) {
+        let addr = id.addr();
+        if let Some(name) = self.view.name_of(&addr) {
+            self.known_names.insert(addr, name.to_string());
+        }
+        self.lost_since.entry(addr).or_insert(now);
+        self.reported.remove(&addr);
+        self.suspects.remove(&addr);
+        self.view.remove_member(&addr);
+        // The record stays, out of the view, in case the member comes back with the same
+        // boot (a healed partition, a false suspicion): the fleet then need not send it
+        // again.
+        if let Some(record) = self.store.borrow().records.get(&addr) {
+            self.dormant.push_back((now, addr, record.boot));
+        }
+        self.reindex(now, addr);
+        self.events.push_back(Event::MemberDown(id));
+        self.membership_changed();
+    }
+
     /// Forgets the records of members down for [`DORMANT_FOR`].
     fn forget_dormant(&mut self, now: Duration) {
         while let Some(&(since, addr, boot)) = self.dormant.front() {
@@ -1083,18 +1065,7 @@ impl Core {
 
     fn member_up(&mut self, now: Duration, id: NodeId) {
         self.view.insert_member(id);
-        {
-            // A record of another process at this address (an older one, or a newer boot
-            // kept from before the clock stepped back) would shadow this one's.
-            let mut store = self.store.borrow_mut();
-            if store
-                .records
-                .get(&id.addr())
-                .is_some_and(|r| r.boot != id.boot)
-            {
-                store.records.remove(&id.addr());
-            }
-        }
+        self.store.borrow_mut().forget_other_boot(&id);
         self.reindex(now, id.addr());
         self.events.push_back(Event::MemberUp(id));
         self.push_own_record(id.addr());
@@ -1163,16 +1134,11 @@ impl Core {
         let mut gone: Vec<NodeId> = self.view.members.values().copied().collect();
         gone.sort_unstable();
         for id in gone {
-            self.view.remove_member(&id.addr());
-            self.store.borrow_mut().records.remove(&id.addr());
-            self.reindex(now, id.addr());
-            self.events.push_back(Event::MemberDown(id));
+            self.member_gone(now, id);
         }
-        self.membership_changed();
         self.seed_placeholders(now);
         self.bump_record(now);
-        self.announce(now);
-        self.schedule(now + self.cfg.timing.announce_interval, CoreTimer::Announce);
+        self.reconnect(now);
     }
 
     fn reindex(&mut self, now: Duration, addr: SocketAddr) {

@@ -81,6 +81,15 @@ impl Store {
             .is_none_or(|old| (boot, version) > (old.boot, old.version))
     }
 
+    /// Forgets a record at `id`'s address from another process (an older one, or a newer
+    /// boot kept from before the clock stepped back): it would shadow this one's.
+    pub fn forget_other_boot(&mut self, id: &NodeId) {
+        let addr = id.addr();
+        if self.records.get(&addr).is_some_and(|r| r.boot != id.boot) {
+            self.records.remove(&addr);
+        }
+    }
+
     /// Keeps `record` if it is newer than what is stored for its address.
     pub fn offer(&mut self, record: Record) -> bool {
         // Most offers are copies of what is stored: compare versions before validating.
