@@ -11,7 +11,7 @@
 //! | L1 | `convergence-after-heal` | within 30 s of the heal, every up node sees every up node, all views are equal, and each resource has min(tickets, candidates) holders, the desired ones |
 //! | L2 | `failover-after-crash` | after a holder crashes on a healthy network, another holder appears within suspicion + probe period + 2 s |
 //! | L3 | `no-flap-when-stable` | once converged after the heal, with loss ≤ 5 %, no ownership changes |
-//! | H1 | `every-node-becomes-active` | an up node with no fault since it started is connected (or alone) within 15 s |
+//! | H1 | `every-node-becomes-active` | an up node that started with no fault in effect, and had none since, is connected (or alone) within 15 s |
 //! | H2 | `members-within-addresses` | no node's membership exceeds the distinct addresses |
 //! | C | `coverage:*` | a run whose plan partitions the network dropped packets at a partition; an owner crash hit an owner |
 
@@ -414,11 +414,14 @@ impl World {
                 }
             }
         }
-        // H1.
+        // H1. A partition in effect is a fault in effect: it may cut a node off from its
+        // seeds (and its heal is a disturbance after the start).
+        let whole = self.net.partition == Partition::None;
         for i in 0..self.plan.nodes {
             let slot = &self.nodes[i];
             if slot.up()
                 && !slot.ever_active
+                && whole
                 && now > slot.started + ACTIVE_WITHIN
                 && self.checks.last_disturbance(now) < slot.started
             {
