@@ -94,18 +94,29 @@ fn nonzero(n: usize) -> NonZeroUsize {
 /// `view::relay_probability`): both cost every member work per update, n² in all.
 pub(crate) const LARGE_FLEET: usize = 256;
 
+/// Fewest transmissions of an update in a fleet of up to [`LARGE_FLEET`] members.
+///
+/// A suspicion must reach the suspect, which refutes it, within the suspicion time. In a
+/// fleet of three, foca's value (4) sends it to the suspect about twice, once by each other
+/// member; at 5 % loss both copies are lost once in 400 suspicions, and with probes every
+/// 200 ms a small fleet suspects someone every few seconds. Eight sends it about four
+/// times from each member.
+const MIN_SMALL_FLEET_TRANSMISSIONS: f64 = 8.0;
+
 /// foca's `floor(4·log10(n+1))`, plus up to four more in fleets of up to
-/// [`LARGE_FLEET`] members: twice foca's value in small fleets, where foca's
-/// own leaves stragglers that learn of a crash only through their own probe and truncates
-/// suspicions before the suspect hears. Larger fleets use foca's (and memberlist's) value:
-/// it already reaches everyone, and every extra retransmission is paid by every member
-/// for every update (n² work per fleet-wide change).
+/// [`LARGE_FLEET`] members, and at least [`MIN_SMALL_FLEET_TRANSMISSIONS`] there: foca's
+/// own value leaves stragglers that learn of a crash only through their own probe and
+/// truncates suspicions before the suspect hears. Larger fleets use foca's (and
+/// memberlist's) value: it already reaches everyone, and every extra retransmission is
+/// paid by every member for every update (n² work per fleet-wide change).
 pub(crate) fn max_transmissions(cluster_size: usize) -> NonZeroU8 {
     let base = (4.0 * ((cluster_size as f64) + 1.0).log10())
         .floor()
         .max(1.0);
     let tx = if cluster_size <= LARGE_FLEET {
-        (2.0 * base).min(base + 4.0)
+        (2.0 * base)
+            .min(base + 4.0)
+            .max(MIN_SMALL_FLEET_TRANSMISSIONS)
     } else {
         base
     };
@@ -182,7 +193,9 @@ mod tests {
 
     #[test]
     fn max_transmissions_adds_to_foca_lan_in_small_fleets_only() {
-        assert_eq!(max_transmissions(3).get(), 4);
+        assert_eq!(max_transmissions(1).get(), 8);
+        assert_eq!(max_transmissions(3).get(), 8);
+        assert_eq!(max_transmissions(7).get(), 8);
         assert_eq!(max_transmissions(10).get(), 8);
         assert_eq!(max_transmissions(100).get(), 12);
         assert_eq!(max_transmissions(256).get(), 13);
