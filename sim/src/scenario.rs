@@ -182,6 +182,25 @@ fn pick(rng: &mut Xoshiro256PlusPlus, n: usize) -> u32 {
     rng.random_range(0..n as u32)
 }
 
+/// The first half of the nodes in group 0, the rest in group 1.
+fn halves(n: usize) -> Vec<u8> {
+    (0..n).map(|i| u8::from(i >= n / 2)).collect()
+}
+
+/// One flap at `t`: halves for 2 s, then whole again.
+fn flap(faults: &mut Vec<(u64, Fault)>, n: usize, t: u64) {
+    faults.push((t, Fault::Partition(Partition::Groups(halves(n)))));
+    faults.push((t + 2 * S, Fault::HealNetwork));
+}
+
+/// One reschedule at `t`: the holder of `resource` is cut off and a process with its name
+/// starts elsewhere, the network heals 15 s later, and the older process stops 10 s after.
+fn reschedule(faults: &mut Vec<(u64, Fault)>, resource: usize, t: u64) {
+    faults.push((t, Fault::RescheduleHolder(resource)));
+    faults.push((t + 15 * S, Fault::HealNetwork));
+    faults.push((t + 25 * S, Fault::StopOlderNamesake));
+}
+
 /// Draws a run's plan.
 pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
     let n = input.nodes;
@@ -231,7 +250,7 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
             kinds.push("partition");
             kinds.push("crash-owner");
             let group: Vec<u8> = if input.scenario == Scenario::PartitionHalves {
-                (0..n).map(|i| u8::from(i >= n / 2)).collect()
+                halves(n)
             } else {
                 let mut g = vec![0u8; n];
                 let third = (n / 3).max(1);
@@ -267,11 +286,9 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
         }
         Scenario::Flap => {
             kinds.push("partition");
-            let halves: Vec<u8> = (0..n).map(|i| u8::from(i >= n / 2)).collect();
             let mut t = c0;
             while t + 5 * S < c1 {
-                faults.push((t, Fault::Partition(Partition::Groups(halves.clone()))));
-                faults.push((t + 2 * S, Fault::HealNetwork));
+                flap(&mut faults, n, t);
                 t += 5 * S;
             }
         }
@@ -280,9 +297,7 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
             kinds.push("reschedule");
             let mut t = c0;
             while t + 30 * S < c1 {
-                faults.push((t, Fault::RescheduleHolder(0)));
-                faults.push((t + 15 * S, Fault::HealNetwork));
-                faults.push((t + 25 * S, Fault::StopOlderNamesake));
+                reschedule(&mut faults, 0, t);
                 t += 40 * S;
             }
         }
@@ -463,16 +478,11 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                     }
                     "reschedule" => {
                         let resource = rng.random_range(0..resources);
-                        faults.push((t, Fault::RescheduleHolder(resource)));
-                        faults.push((t + 15 * S, Fault::HealNetwork));
-                        faults.push((t + 25 * S, Fault::StopOlderNamesake));
+                        reschedule(&mut faults, resource, t);
                     }
                     _ => {
-                        let halves: Vec<u8> = (0..n).map(|i| u8::from(i >= n / 2)).collect();
                         for k in 0..4 {
-                            let at = t + k * 5 * S;
-                            faults.push((at, Fault::Partition(Partition::Groups(halves.clone()))));
-                            faults.push((at + 2 * S, Fault::HealNetwork));
+                            flap(&mut faults, n, t + k * 5 * S);
                         }
                     }
                 }
@@ -508,7 +518,7 @@ fn random_partition(rng: &mut Xoshiro256PlusPlus, n: usize) -> Partition {
         g
     };
     match rng.random_range(0..6) {
-        0 => Partition::Groups((0..n).map(|i| u8::from(i >= n / 2)).collect()),
+        0 => Partition::Groups(halves(n)),
         1 => Partition::Groups(random_groups(rng, 0.33)),
         2 => {
             let mut g = vec![0u8; n];
