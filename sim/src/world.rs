@@ -287,12 +287,9 @@ impl World {
         Some((t, seq, ev))
     }
 
-    pub(crate) fn fold(&mut self, values: &[u64]) {
-        let mut bytes = Vec::with_capacity(values.len() * 8);
-        for v in values {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        self.hash = xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, self.hash);
+    pub(crate) fn fold<const N: usize>(&mut self, values: [u64; N]) {
+        let bytes = values.map(u64::to_le_bytes);
+        self.hash = xxhash_rust::xxh3::xxh3_64_with_seed(bytes.as_flattened(), self.hash);
     }
 
     pub(crate) fn trace(&mut self, node: Option<u32>, kind: &str, detail: String) {
@@ -345,9 +342,10 @@ impl World {
         let mut next_report = S;
         let (mut last_events, mut last_bytes, mut last_foca) = (0, 0, 0);
         let lookahead = self.net.lookahead();
-        // Per node: its position in `batches` during a window.
-        let mut batch_of = vec![u32::MAX; self.nodes.len()];
-        let mut batches: Vec<(u32, Vec<Queued>)> = Vec::new();
+        // A window's events, grouped by node, and each node's range of them; both kept
+        // from window to window so that a window allocates nothing here.
+        let mut window: Vec<Option<Queued>> = Vec::new();
+        let mut batches: Vec<Batch> = Vec::new();
         let mut pending: Option<(u64, Ev)> = None;
         loop {
             let (t0, first) = match pending.take() {
@@ -374,46 +372,49 @@ impl World {
                 (last_events, last_bytes, last_foca) = (self.events, self.bytes, self.foca_bytes);
                 next_report += S;
             }
-            let Some(node) = first.node() else {
+            if first.node().is_none() {
                 self.now = t0;
                 self.events += 1;
                 let at = match first {
                     Ev::Start(i) => u64::from(i),
                     _ => u64::MAX,
                 };
-                self.fold(&[t0, at, first.tag(), 0]);
+                self.fold([t0, at, first.tag(), 0]);
                 self.dispatch(first);
                 continue;
-            };
+            }
             // A window: node events before `t0 + lookahead`, up to the next global event.
             let window_end = t0 + lookahead.max(1);
-            let mut add = |node: u32, t: u64, seq: u64, ev: Ev| {
-                let b = &mut batch_of[node as usize];
-                if *b == u32::MAX {
-                    *b = batches.len() as u32;
-                    batches.push((node, Vec::new()));
-                }
-                batches[*b as usize].1.push((t, seq, ev));
-            };
-            add(node, t0, 0, first);
+            window.push(Some((t0, 0, first)));
             while let Some(&Reverse((t, _, _))) = self.queue.peek() {
                 if t >= window_end || t > end {
                     break;
                 }
                 let (t, seq, ev) = self.pop().expect("peeked");
-                match ev.node() {
-                    Some(node) => add(node, t, seq, ev),
-                    None => {
-                        pending = Some((t, ev));
-                        break;
-                    }
+                if ev.node().is_none() {
+                    pending = Some((t, ev));
+                    break;
                 }
+                window.push(Some((t, seq, ev)));
             }
             let window_end = pending.as_ref().map_or(window_end, |p| p.0.min(window_end));
-            for (node, _) in &batches {
-                batch_of[*node as usize] = u32::MAX;
+            let node_of = |q: &Option<Queued>| q.as_ref().and_then(|(_, _, ev)| ev.node());
+            // Stable: each node's events stay in queue order.
+            window.sort_by_key(node_of);
+            for (k, q) in window.iter().enumerate() {
+                let node = node_of(q).expect("node events only");
+                match batches.last_mut() {
+                    Some(b) if b.node == node => b.end += 1,
+                    _ => batches.push(Batch {
+                        node,
+                        start: k,
+                        end: k + 1,
+                    }),
+                }
             }
-            let done = self.simulate(std::mem::take(&mut batches), window_end, lanes);
+            let done = self.simulate(&mut window, &batches, window_end, lanes);
+            window.clear();
+            batches.clear();
             self.apply(done);
         }
     }
@@ -422,7 +423,8 @@ impl World {
     /// nodes one by one until none is left.
     fn simulate(
         &mut self,
-        batches: Vec<(u32, Vec<Queued>)>,
+        window: &mut [Option<Queued>],
+        batches: &[Batch],
         window_end: u64,
         lanes: &[Lane],
     ) -> Vec<Done> {
@@ -430,13 +432,13 @@ impl World {
             net: &self.net,
             nodes: self.nodes.len(),
         };
-        let mut batches: Vec<Option<(u32, Vec<Queued>)>> = batches.into_iter().map(Some).collect();
         let next = AtomicUsize::new(0);
         let work = Work {
             slots: self.nodes.as_mut_ptr(),
             env: std::ptr::from_ref(&env).cast::<Env<'static>>(),
             window_end,
-            batches: batches.as_mut_ptr(),
+            events: window.as_mut_ptr(),
+            batches: batches.as_ptr(),
             len: batches.len(),
             next: &next,
         };
@@ -446,7 +448,7 @@ impl World {
             lane.state.store(JOB, Ordering::Release);
         }
         // SAFETY: see `Work`; every lane given this window is waited for below, before
-        // `batches`, `next`, `env` or a slot is touched again, even if this thread's share
+        // `window`, `batches`, `next`, `env` or a slot is touched again, even if this thread's share
         // panics (the lanes must be done with them before they are dropped).
         let mine =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { work.take_all() }));
@@ -471,7 +473,7 @@ impl World {
             self.net.dropped_by_loss += t.lost;
             self.net.dropped_by_partition += t.cut;
             self.checks.effects.boot_raises += t.boot_raises;
-            self.fold(&[u64::from(d.node), t.hash]);
+            self.fold([u64::from(d.node), t.hash]);
             for (k, (at, out)) in d.outputs.into_iter().enumerate() {
                 match out {
                     Out::Push { at, ev } => self.push(at, ev),
@@ -620,7 +622,7 @@ impl World {
             Event::Acquired { resource, .. } => {
                 let r = resource_index(&resource);
                 if r < self.holders.len() {
-                    self.fold(&[self.now, u64::from(i), 100, r as u64]);
+                    self.fold([self.now, u64::from(i), 100, r as u64]);
                     self.trace(Some(i), "acquired", resource);
                     self.holders[r].insert(i);
                     self.acquired(i, r);
@@ -898,6 +900,13 @@ impl World {
 /// A queued node event: `(time, sequence, event)`.
 type Queued = (u64, u64, Ev);
 
+/// One node's events in a window: `start..end` of the window's events.
+struct Batch {
+    node: u32,
+    start: usize,
+    end: usize,
+}
+
 /// What a node did at a time, for the world to apply.
 type Output = (u64, Out);
 
@@ -979,7 +988,7 @@ impl<'a> NodeRun<'a> {
         }
     }
 
-    fn run(mut self, evs: Vec<Queued>) -> Done {
+    fn run(mut self, evs: impl IntoIterator<Item = Queued>) -> Done {
         for (t, seq, ev) in evs {
             self.queue.push(Reverse((t, seq, self.evs.len())));
             self.evs.push(Some(ev));
@@ -1207,7 +1216,8 @@ struct Work {
     slots: *mut Slot,
     env: *const Env<'static>,
     window_end: u64,
-    batches: *mut Option<(u32, Vec<Queued>)>,
+    events: *mut Option<Queued>,
+    batches: *const Batch,
     len: usize,
     next: *const AtomicUsize,
 }
@@ -1235,10 +1245,12 @@ impl Work {
                 return done;
             }
             // SAFETY: index `k` is this thread's alone, and so is the node in it.
-            let (i, evs) = unsafe { (*self.batches.add(k)).take() }.expect("claimed once");
-            let slot = unsafe { &mut *self.slots.add(i as usize) };
+            let batch = unsafe { &*self.batches.add(k) };
+            let evs = (batch.start..batch.end)
+                .map(|j| unsafe { (*self.events.add(j)).take() }.expect("claimed once"));
+            let slot = unsafe { &mut *self.slots.add(batch.node as usize) };
             let env = unsafe { &*self.env };
-            done.push(NodeRun::new(i, slot, env, self.window_end).run(evs));
+            done.push(NodeRun::new(batch.node, slot, env, self.window_end).run(evs));
         }
     }
 }
