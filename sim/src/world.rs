@@ -344,7 +344,7 @@ impl World {
         let lookahead = self.net.lookahead();
         // A window's events, grouped by node, and each node's range of them; both kept
         // from window to window so that a window allocates nothing here.
-        let mut window: Vec<Option<Queued>> = Vec::new();
+        let mut window: Vec<(u32, Option<Queued>)> = Vec::new();
         let mut batches: Vec<Batch> = Vec::new();
         let mut pending: Option<(u64, Ev)> = None;
         loop {
@@ -385,24 +385,22 @@ impl World {
             }
             // A window: node events before `t0 + lookahead`, up to the next global event.
             let window_end = t0 + lookahead.max(1);
-            window.push(Some((t0, 0, first)));
+            window.push((first.node().expect("a node event"), Some((t0, 0, first))));
             while let Some(&Reverse((t, _, _))) = self.queue.peek() {
                 if t >= window_end || t > end {
                     break;
                 }
                 let (t, seq, ev) = self.pop().expect("peeked");
-                if ev.node().is_none() {
+                let Some(node) = ev.node() else {
                     pending = Some((t, ev));
                     break;
-                }
-                window.push(Some((t, seq, ev)));
+                };
+                window.push((node, Some((t, seq, ev))));
             }
             let window_end = pending.as_ref().map_or(window_end, |p| p.0.min(window_end));
-            let node_of = |q: &Option<Queued>| q.as_ref().and_then(|(_, _, ev)| ev.node());
             // Stable: each node's events stay in queue order.
-            window.sort_by_key(node_of);
-            for (k, q) in window.iter().enumerate() {
-                let node = node_of(q).expect("node events only");
+            window.sort_by_key(|e| e.0);
+            for (k, &(node, _)) in window.iter().enumerate() {
                 match batches.last_mut() {
                     Some(b) if b.node == node => b.end += 1,
                     _ => batches.push(Batch {
@@ -423,7 +421,7 @@ impl World {
     /// nodes one by one until none is left.
     fn simulate(
         &mut self,
-        window: &mut [Option<Queued>],
+        window: &mut [(u32, Option<Queued>)],
         batches: &[Batch],
         window_end: u64,
         lanes: &[Lane],
@@ -448,8 +446,8 @@ impl World {
             lane.state.store(JOB, Ordering::Release);
         }
         // SAFETY: see `Work`; every lane given this window is waited for below, before
-        // `window`, `batches`, `next`, `env` or a slot is touched again, even if this thread's share
-        // panics (the lanes must be done with them before they are dropped).
+        // `window`, `batches`, `next`, `env` or a slot is touched again, even if this
+        // thread's share panics (the lanes must be done with them before they are dropped).
         let mine =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { work.take_all() }));
         let theirs: Vec<Option<Vec<Done>>> = lanes[..helpers].iter().map(Lane::wait).collect();
@@ -1216,7 +1214,7 @@ struct Work {
     slots: *mut Slot,
     env: *const Env<'static>,
     window_end: u64,
-    events: *mut Option<Queued>,
+    events: *mut (u32, Option<Queued>),
     batches: *const Batch,
     len: usize,
     next: *const AtomicUsize,
@@ -1247,7 +1245,7 @@ impl Work {
             // SAFETY: index `k` is this thread's alone, and so is the node in it.
             let batch = unsafe { &*self.batches.add(k) };
             let evs = (batch.start..batch.end)
-                .map(|j| unsafe { (*self.events.add(j)).take() }.expect("claimed once"));
+                .map(|j| unsafe { (*self.events.add(j)).1.take() }.expect("claimed once"));
             let slot = unsafe { &mut *self.slots.add(batch.node as usize) };
             let env = unsafe { &*self.env };
             done.push(NodeRun::new(batch.node, slot, env, self.window_end).run(evs));
