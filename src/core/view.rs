@@ -491,7 +491,11 @@ impl View {
             self.digest[bucket] ^= digest;
             self.by_bucket[bucket].insert(addr);
             self.content ^= content;
-            let set = self.by_name.entry(name.clone()).or_default();
+            // Almost always one record per name: no room for more until a namesake comes.
+            let set = self
+                .by_name
+                .entry(name.clone())
+                .or_insert_with(|| Vec::with_capacity(1));
             let at = set.partition_point(|e| *e < (record.boot, addr));
             set.insert(at, (record.boot, addr));
             if set.len() == 2 {
