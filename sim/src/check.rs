@@ -5,7 +5,7 @@
 //! | id | invariant | promise |
 //! |---|---|---|
 //! | S1 | `bounded-owners-per-view` | among up nodes with identical views (same live members, same record versions), nodes holding `r` that were not told to stop ≤ tickets |
-//! | S2 | `bounded-owners-per-stable-component` | in a network component (a clique of the true network) with no fault and no false down (a live member declared down: available mode then elects on both sides) for the settle time, and loss ≤ 5 %, holders of `r` among its up nodes ≤ tickets |
+//! | S2 | `bounded-owners-per-stable-component` | in a network component (a clique of the true network) with no fault and no false down (a live member declared down: available mode then elects on both sides) for the settle time, and loss ≤ 5 %, holders of `r` among its up nodes ≤ tickets; a node running alone (it reached nobody, or lost every member) is a membership of its own until it joins, and the component is judged again the settle time after it joined |
 //! | P1 | `planned-move-bounded-owners` | with no fault for the settle time and a lossless network, holders of `r` ≤ tickets at every instant, through joins, releases and leaves |
 //! | S3 | `yield-after-drop` | a node yields a ticket unforced only after its application dropped the lease (a forced yield comes after the handoff timeout) |
 //! | L1 | `convergence-after-heal` | within 30 s of a heal that leaves no loss burst in effect (and no fault follows), every up node sees every up node, all views are equal, and each resource has min(tickets, candidates) holders, the desired ones |
@@ -91,6 +91,8 @@ pub struct Checks {
     last_disturbance: u64,
     /// When a live member was last declared down outside a partition.
     last_false_down: u64,
+    /// When a node that ran alone last joined others: two memberships merged.
+    last_alone_join: u64,
     last_partition_change: u64,
     lossless: bool,
     /// Converging since, and after what.
@@ -125,6 +127,7 @@ impl Checks {
             boot_end: plan.boot_end,
             last_disturbance: 0,
             last_false_down: 0,
+            last_alone_join: 0,
             last_partition_change: 0,
             lossless: plan.loss == 0.0 && plan.duplicate == 0.0 && plan.burst.is_none(),
             converge_from: Some((0, Phase::Boot)),
@@ -228,6 +231,11 @@ impl Checks {
             // The failure detector erred (loss): available mode then elects on both sides.
             self.last_false_down = self.last_false_down.max(at);
         }
+    }
+
+    /// A node that ran alone joined others: S2 waits the settle time, as after a heal.
+    pub fn alone_joined(&mut self, at: u64) {
+        self.last_alone_join = self.last_alone_join.max(at);
     }
 
     pub fn unhold(&mut self, fp: u64, r: usize) {
@@ -347,7 +355,8 @@ impl World {
         let since = self
             .checks
             .last_disturbance(now)
-            .max(self.checks.last_false_down);
+            .max(self.checks.last_false_down)
+            .max(self.checks.last_alone_join);
         if now < since.max(self.checks.boot_end) + SETTLE || !self.checks.stable_loss {
             return;
         }
@@ -362,7 +371,8 @@ impl World {
             self.checks.checks += 1;
             let mut per_group: BTreeMap<u8, Vec<u32>> = BTreeMap::new();
             for &h in &self.holders[r] {
-                if self.nodes[h as usize].up() {
+                let slot = &self.nodes[h as usize];
+                if slot.up() && !slot.alone {
                     per_group.entry(groups[h as usize]).or_default().push(h);
                 }
             }

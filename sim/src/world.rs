@@ -119,6 +119,9 @@ pub(crate) struct Slot {
     wake_at: Option<u64>,
     pub started: u64,
     pub ever_active: bool,
+    /// Runs alone (it reached nobody, or lost every member) and has not joined since: its
+    /// membership is itself, whatever the network connects it to.
+    pub alone: bool,
     /// Leaving gracefully: start again this long (ns) after it has left.
     restart_after_leave: Option<u64>,
     /// The view fingerprint the checkers last heard of (set by `fp_changed`).
@@ -216,6 +219,7 @@ impl World {
                 wake_at: None,
                 started: 0,
                 ever_active: false,
+                alone: false,
                 restart_after_leave: None,
                 fp: 0,
                 fp_out: 0,
@@ -535,6 +539,7 @@ impl World {
         slot.wake_at = None;
         slot.started = now;
         slot.ever_active = false;
+        slot.alone = false;
         slot.rebase(now, slot.drift);
         let mut cfg = CoreConfig::new(slot.name.clone(), addr(i), slot.boot);
         cfg.seeds = seeds;
@@ -675,11 +680,21 @@ impl World {
             }
             Event::StateChanged(state) => {
                 self.trace(Some(i), "state", state.to_string());
-                if matches!(
-                    state,
-                    gossip_election::NodeState::Active | gossip_election::NodeState::Alone
-                ) {
-                    self.nodes[i as usize].ever_active = true;
+                let slot = &mut self.nodes[i as usize];
+                match state {
+                    gossip_election::NodeState::Alone => {
+                        slot.ever_active = true;
+                        slot.alone = true;
+                    }
+                    gossip_election::NodeState::Active => {
+                        slot.ever_active = true;
+                        // A node that ran alone joining the fleet merges two memberships,
+                        // as a heal does.
+                        if std::mem::take(&mut slot.alone) {
+                            self.checks.alone_joined(self.now);
+                        }
+                    }
+                    _ => {}
                 }
             }
             _ => {}
