@@ -376,7 +376,7 @@ impl World {
                 (last_events, last_bytes, last_foca) = (self.events, self.bytes, self.foca_bytes);
                 next_report += S;
             }
-            if first.node().is_none() {
+            let Some(node) = first.node() else {
                 self.now = t0;
                 self.events += 1;
                 let at = match first {
@@ -386,10 +386,10 @@ impl World {
                 self.fold([t0, at, first.tag(), 0]);
                 self.dispatch(first);
                 continue;
-            }
+            };
             // A window: node events before `t0 + lookahead`, up to the next global event.
             let window_end = t0 + lookahead.max(1);
-            window.push((first.node().expect("a node event"), Some((t0, 0, first))));
+            window.push((node, Some((t0, 0, first))));
             while let Some(&Reverse((t, _, _))) = self.queue.peek() {
                 if t >= window_end || t > end {
                     break;
@@ -1238,8 +1238,8 @@ struct Work {
 // SAFETY: the pointers are used only between the world's thread lending a window and
 // the last lane reporting it done, while the world's thread uses them the same way and
 // touches nothing else the window reads. A batch index is claimed by exactly one thread
-// (`fetch_add`), and a node is in one batch, so no slot or batch is touched by two
-// threads. A node's core (reference-counted internally) is used by one thread at a time
+// (`fetch_add`), a node is in one batch, and a batch's events are its own range of the
+// window, so no slot, batch or event is touched by two threads. A node's core (reference-counted internally) is used by one thread at a time
 // and shares none of its reference-counted values with anything outside it, so moving
 // its use between threads from one window to the next is sound.
 unsafe impl Send for Work {}
