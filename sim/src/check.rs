@@ -5,7 +5,7 @@
 //! | id | invariant | promise |
 //! |---|---|---|
 //! | S1 | `bounded-owners-per-view` | among up nodes with identical views (same live members, same record versions), nodes holding `r` that were not told to stop ≤ tickets |
-//! | S2 | `bounded-owners-per-stable-component` | in a network component (a clique of the true network) with no fault and no false down (a live member declared down: available mode then elects on both sides) for the settle time, and loss ≤ 5 %, holders of `r` among its up nodes ≤ tickets; a node running alone (it reached nobody, or lost every member) is a membership of its own until it joins, and the component is judged again the settle time after it joined |
+//! | S2 | `bounded-owners-per-stable-component` | in a network component (a clique of the true network) with no fault and no false down (a live member declared down: available mode then elects on both sides) for the settle time, and loss ≤ 5 %, holders of `r` among its up nodes ≤ tickets; a node running alone (it reached nobody since it started) is a membership of its own until it joins, and the component is judged again the settle time after it joined |
 //! | P1 | `planned-move-bounded-owners` | with no fault for the settle time and a lossless network, holders of `r` ≤ tickets at every instant, through joins, releases and leaves |
 //! | S3 | `yield-after-drop` | a node yields a ticket unforced only after its application dropped the lease (a forced yield comes after the handoff timeout) |
 //! | L1 | `convergence-after-heal` | within 30 s of a heal that leaves no loss burst in effect (and no fault follows), every up node sees every up node, all views are equal, and each resource has min(tickets, candidates) holders, the desired ones |

@@ -119,7 +119,7 @@ pub(crate) struct Slot {
     wake_at: Option<u64>,
     pub started: u64,
     pub ever_active: bool,
-    /// Runs alone (it reached nobody, or lost every member) and has not joined since: its
+    /// Runs alone because it reached nobody since it started, and has not joined since: its
     /// membership is itself, whatever the network connects it to.
     pub alone: bool,
     /// Leaving gracefully: start again this long (ns) after it has left.
@@ -683,8 +683,10 @@ impl World {
                 let slot = &mut self.nodes[i as usize];
                 match state {
                     gossip_election::NodeState::Alone => {
+                        // Only a node that reached nobody since it started: one that lost
+                        // every member did so by false downs, which S2 already excuses.
+                        slot.alone = !slot.ever_active;
                         slot.ever_active = true;
-                        slot.alone = true;
                     }
                     gossip_election::NodeState::Active => {
                         slot.ever_active = true;
