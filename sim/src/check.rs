@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | S1 | `bounded-owners-per-view` | among up nodes with identical views (same live members, same record versions), nodes holding `r` that were not told to stop ≤ tickets |
 //! | S2 | `bounded-owners-per-stable-component` | in a network component (a clique of the true network) with no fault and no false down (a live member declared down: available mode then elects on both sides) for the settle time, and loss ≤ 5 %, holders of `r` among its up nodes ≤ tickets; a node running alone (it reached nobody since it started) is a membership of its own until it joins, and the component is judged again the settle time after it joined |
-//! | P1 | `planned-move-bounded-owners` | with no fault for the settle time and a lossless network, holders of `r` ≤ tickets at every instant, through joins, releases and leaves |
+//! | P1 | `planned-move-bounded-owners` | with no fault for the settle time and a lossless network, holders of `r` ≤ tickets at every instant, through joins, releases and leaves (two moves by different nodes less than 1 s apart are concurrent: the second counts as a fault) |
 //! | S3 | `yield-after-drop` | a node yields a ticket unforced only after its application dropped the lease (a forced yield comes after the handoff timeout) |
 //! | L1 | `convergence-after-heal` | within 30 s of a heal that leaves no loss burst in effect (and no fault follows), every up node sees every up node, all views are equal, and each resource has min(tickets, candidates) holders, the desired ones |
 //! | L2 | `failover-after-crash` | after a holder crashes on a healthy network, another holder appears within suspicion + probe period + 2 s |
@@ -28,6 +28,10 @@ use crate::world::{World, resource_name};
 pub const SETTLE: u64 = 20 * S;
 /// L1's bound.
 pub const CONVERGE_WITHIN: u64 = 30 * S;
+/// Planned moves by different nodes closer than this are concurrent: each decides on a
+/// view that may lack the other's news (no coordinator orders them), so the checkers
+/// take the second as a fault.
+pub const CONCURRENT_MOVES: u64 = S;
 /// L2's bound: the LAN profile's suspicion (1 s) + probe period (200 ms) + 2 s.
 pub const FAILOVER_WITHIN: u64 = 3200 * MS;
 /// How long L1's condition must hold before the fleet counts as converged (covers a
@@ -93,6 +97,8 @@ pub struct Checks {
     last_false_down: u64,
     /// When a node that ran alone last joined others: two memberships merged.
     last_alone_join: u64,
+    /// The last planned move (obtain, withdraw, leave): when, and by which node.
+    last_move: Option<(u64, u32)>,
     last_partition_change: u64,
     lossless: bool,
     /// Converging since, and after what.
@@ -128,6 +134,7 @@ impl Checks {
             last_disturbance: 0,
             last_false_down: 0,
             last_alone_join: 0,
+            last_move: None,
             last_partition_change: 0,
             lossless: plan.loss == 0.0 && plan.duplicate == 0.0 && plan.burst.is_none(),
             converge_from: Some((0, Phase::Boot)),
@@ -231,6 +238,18 @@ impl Checks {
             // The failure detector erred (loss): available mode then elects on both sides.
             self.last_false_down = self.last_false_down.max(at);
         }
+    }
+
+    /// A planned move by `node`: one close after another node's is a fault (see
+    /// [`CONCURRENT_MOVES`]).
+    pub fn planned_move(&mut self, at: u64, node: u32) {
+        if self
+            .last_move
+            .is_some_and(|(t, other)| other != node && at < t + CONCURRENT_MOVES)
+        {
+            self.disturbed(at, false);
+        }
+        self.last_move = Some((at, node));
     }
 
     /// A node that ran alone joined others: S2 waits the settle time, as after a heal.

@@ -734,12 +734,16 @@ impl World {
             Fault::Leave {
                 node,
                 restart_after,
-            } => self.leave(node, restart_after),
+            } => {
+                self.checks.planned_move(now, node);
+                self.leave(node, restart_after);
+            }
             Fault::LeaveHolder {
                 resource,
                 restart_after,
             } => {
                 if let Some(node) = self.holder_of(resource) {
+                    self.checks.planned_move(now, node);
                     self.leave(node, restart_after);
                 }
             }
@@ -832,6 +836,7 @@ impl World {
                 self.checks.disturbing(false, now);
             }
             Fault::Withdraw { node, resource } => {
+                self.checks.planned_move(now, node);
                 self.competing[node as usize][resource] = false;
                 let local = Duration::from_nanos(self.nodes[node as usize].local(now));
                 if let Some(core) = self.nodes[node as usize].core.as_mut() {
@@ -839,7 +844,10 @@ impl World {
                 }
                 self.after_core(node);
             }
-            Fault::Obtain { node, resource } => self.obtain(node, resource),
+            Fault::Obtain { node, resource } => {
+                self.checks.planned_move(now, node);
+                self.obtain(node, resource);
+            }
             Fault::Heal => {
                 self.net.partition = Partition::None;
                 self.net.extra_loss = 0.0;
