@@ -73,11 +73,11 @@ pub struct NodeInfo {
 
 pub(crate) fn members_of(core: &Core) -> Vec<MemberInfo> {
     core.membership()
-        .filter(|m| m.id().boot != 0)
+        .filter(|m| m.id().boot() != 0)
         .map(|m| MemberInfo {
             name: core.name_at(&m.id().addr()).map(str::to_string),
             addr: m.id().addr(),
-            boot: m.id().boot,
+            boot: m.id().boot(),
             state: match m.state() {
                 foca::State::Alive => MemberState::Alive,
                 foca::State::Suspect => MemberState::Suspect,
@@ -92,7 +92,7 @@ pub(crate) fn info_of(core: &Core, now: Duration) -> NodeInfo {
     NodeInfo {
         name: core.name().to_string(),
         addr: core.id().addr(),
-        boot: core.id().boot,
+        boot: core.id().boot(),
         state: core.state(),
         live_members: core.members().count(),
         uptime: core.uptime(now),

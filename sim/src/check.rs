@@ -552,7 +552,12 @@ impl World {
                             .membership()
                             .find(|m| m.id().addr() == crate::world::addr(j as u32))
                             .map_or("unknown".to_string(), |m| {
-                                format!("{:?} boot {} bump {}", m.state(), m.id().boot, m.id().bump)
+                                format!(
+                                    "{:?} boot {} bump {}",
+                                    m.state(),
+                                    m.id().boot(),
+                                    m.id().bump()
+                                )
                             });
                         let actual = self.nodes[j].core.as_ref().map(|c| c.id());
                         format!("n{j} ({held}; it runs as {actual:?})")

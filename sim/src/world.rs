@@ -662,7 +662,7 @@ impl World {
             Event::MemberDown(id) => {
                 if let Some(j) = index(&id.addr()) {
                     let slot = &self.nodes[j as usize];
-                    if slot.up() && slot.boot == id.boot {
+                    if slot.up() && slot.boot == id.boot() {
                         self.checks
                             .false_down(self.now, self.net.partition != Partition::None);
                     }
@@ -1141,8 +1141,8 @@ impl<'a> NodeRun<'a> {
             while let Some(e) = core.poll_event() {
                 events.push(e);
             }
-            if core.id().boot != self.slot.boot {
-                self.slot.boot = core.id().boot;
+            if core.id().boot() != self.slot.boot {
+                self.slot.boot = core.id().boot();
                 self.tally.boot_raises += 1;
             }
             (core.view_fingerprint(), core.poll_timeout())

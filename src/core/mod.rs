@@ -911,23 +911,23 @@ impl Core {
     fn handle_notification(&mut self, now: Duration, notification: OwnedNotification<NodeId>) {
         match notification {
             OwnedNotification::MemberUp(id) => {
-                debug!(member = %id.addr(), boot = id.boot, "member up");
+                debug!(member = %id.addr(), boot = id.boot(), "member up");
                 self.member_up(now, id);
             }
             OwnedNotification::MemberDown(id) => {
-                debug!(member = %id.addr(), boot = id.boot, "member down");
+                debug!(member = %id.addr(), boot = id.boot(), "member down");
                 if self.view.members.get(&id.addr()) == Some(&id) {
                     self.member_gone(now, id);
                 }
             }
             OwnedNotification::Rename(old, new) => {
-                debug!(member = %new.addr(), old_boot = old.boot, new_boot = new.boot, "member renamed");
+                debug!(member = %new.addr(), old_boot = old.boot(), new_boot = new.boot(), "member renamed");
                 let was_live = self.view.members.contains_key(&old.addr());
                 if was_live {
                     self.store.borrow_mut().forget_other_boot(&new);
                     self.view.insert_member(new);
                     self.reindex(now, new.addr());
-                    if old.boot != new.boot {
+                    if old.boot() != new.boot() {
                         self.events.push_back(Event::MemberDown(old));
                         self.events.push_back(Event::MemberUp(new));
                     }
@@ -963,7 +963,7 @@ impl Core {
                     .is_some_and(|t| now < t + self.cfg.timing.suspect_to_down);
                 self.last_rejoin = Some(now);
                 if self.leaving {
-                    info!(bump = id.bump, "declared down while leaving");
+                    info!(bump = id.bump(), "declared down while leaving");
                     return;
                 }
                 if self.ready_at.is_none() {
@@ -980,7 +980,7 @@ impl Core {
                 } else {
                     // The record is unchanged: members that kept it as it was need nothing,
                     // the others pull it when they see this node come back.
-                    info!(bump = id.bump, "declared down while running: rejoined");
+                    info!(bump = id.bump(), "declared down while running: rejoined");
                 }
                 self.reconnect(now);
             }

@@ -85,7 +85,7 @@ impl Store {
     /// boot kept from before the clock stepped back): it would shadow this one's.
     pub fn forget_other_boot(&mut self, id: &NodeId) {
         let addr = id.addr();
-        if self.records.get(&addr).is_some_and(|r| r.boot != id.boot) {
+        if self.records.get(&addr).is_some_and(|r| r.boot != id.boot()) {
             self.records.remove(&addr);
         }
     }
@@ -330,11 +330,11 @@ impl View {
     pub fn insert_member(&mut self, id: NodeId) {
         self.fingerprint.set(None);
         if let Some(old) = self.members.insert(id.addr(), id) {
-            self.member_hash ^= entry_hash(&old.addr(), old.boot, 0);
+            self.member_hash ^= entry_hash(&old.addr(), old.boot(), 0);
         } else {
             self.member_list.push(id.addr());
         }
-        self.member_hash ^= entry_hash(&id.addr(), id.boot, 0);
+        self.member_hash ^= entry_hash(&id.addr(), id.boot(), 0);
     }
 
     /// Removes a live member.
@@ -344,7 +344,7 @@ impl View {
         if let Some(pos) = self.member_list.iter().position(|a| a == addr) {
             self.member_list.swap_remove(pos);
         }
-        self.member_hash ^= entry_hash(&old.addr(), old.boot, 0);
+        self.member_hash ^= entry_hash(&old.addr(), old.boot(), 0);
         Some(old)
     }
 
@@ -388,7 +388,7 @@ impl View {
             || self
                 .members
                 .get(&record.addr)
-                .is_some_and(|id| id.boot == record.boot)
+                .is_some_and(|id| id.boot() == record.boot)
     }
 
     /// Re-derives everything indexed for `addr` from the store and membership. Returns the

@@ -137,7 +137,7 @@ pub(crate) fn snapshot(core: &Core, now: Duration) -> Snapshot {
     let own = MemberView {
         name: Some(core.name().to_string()),
         addr: core.id().addr(),
-        boot: core.id().boot,
+        boot: core.id().boot(),
         state: "alive".to_string(),
         incarnation: 0,
         view_digest: Some(hex(core.view_digest())),
@@ -183,7 +183,7 @@ pub(crate) fn snapshot(core: &Core, now: Duration) -> Snapshot {
         node: NodeView {
             name: core.name().to_string(),
             addr: core.id().addr(),
-            boot: core.id().boot,
+            boot: core.id().boot(),
             state: core.state().as_str().to_string(),
             view_digest: hex(core.view_digest()),
             safety: "available".to_string(),
