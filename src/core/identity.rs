@@ -78,8 +78,9 @@ impl fmt::Debug for AddrKey {
 ///
 /// The address is kept as [`AddrKey`]'s fields, not as an `AddrKey`, and the struct is
 /// packed (31 bytes, byte-aligned), so that a foca member is 34 bytes rather than 40:
-/// foca finds a member by walking its member vector, and in a fleet of a thousand that
-/// walk is most of a node's work per packet, bounded by memory, not by the compare.
+/// foca finds a member by walking its member vector, and where memory is cold (a
+/// simulator running a thousand nodes) that walk is bounded by the bytes it touches, not
+/// by the compare.
 /// Read the fields with [`NodeId::boot`] and [`NodeId::bump`] (a packed field cannot be
 /// borrowed).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
