@@ -188,6 +188,21 @@ impl NodeBuilder {
         })
     }
 
+    /// What can be checked before binding: the name, the timing and the addresses.
+    fn validate(&self, advertise: SocketAddr) -> Result<()> {
+        if self.name.is_empty() || self.name.len() > MAX_NAME_LEN {
+            return Err(Error::InvalidName(RecordError::BadName(self.name.len())));
+        }
+        self.core_config(advertise, 1).validate_timing()?;
+        if let Some(scoped) = std::iter::once(&advertise)
+            .chain(&self.join)
+            .find(|a| crate::core::is_scoped(a))
+        {
+            return Err(Error::ScopedAddress(*scoped));
+        }
+        Ok(())
+    }
+
     fn core_config(&self, advertise: SocketAddr, boot: u64) -> CoreConfig {
         let mut cfg = CoreConfig::new(self.name.clone(), advertise, boot);
         cfg.seeds = self.join.clone();
@@ -209,16 +224,14 @@ impl NodeBuilder {
         socket: S,
         advertise: SocketAddr,
     ) -> Result<(Node, impl Future<Output = ()>)> {
-        if self.name.is_empty() || self.name.len() > MAX_NAME_LEN {
-            return Err(Error::InvalidName(RecordError::BadName(self.name.len())));
-        }
+        self.validate(advertise)?;
         if advertise.ip().is_unspecified() || advertise.port() == 0 {
             return Err(Error::InvalidAdvertise(advertise));
         }
         let boot = self.boot_or_now();
         let cfg = self.core_config(advertise, boot);
         let origin = tokio::time::Instant::now();
-        let core = Core::new(cfg, origin.elapsed()).map_err(Error::InvalidName)?;
+        let core = Core::new(cfg, origin.elapsed())?;
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(NodeState::Joining);
         let driver = Driver::new(socket, core, origin, commands, state_tx);
@@ -248,9 +261,7 @@ impl NodeBuilder {
             }
             None => bind,
         };
-        if self.name.is_empty() || self.name.len() > MAX_NAME_LEN {
-            return Err(Error::InvalidName(RecordError::BadName(self.name.len())));
-        }
+        self.validate(advertise)?;
         let socket =
             std::net::UdpSocket::bind(bind).map_err(|source| Error::Bind { addr: bind, source })?;
         socket
@@ -312,7 +323,7 @@ impl NodeBuilder {
                         let core = match Core::new(cfg, origin.elapsed()) {
                             Ok(core) => core,
                             Err(err) => {
-                                let _ = started_tx.send(Err(Error::InvalidName(err)));
+                                let _ = started_tx.send(Err(Error::from(err)));
                                 return;
                             }
                         };

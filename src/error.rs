@@ -22,6 +22,14 @@ pub enum Error {
     /// The node name is empty or too long.
     #[error("invalid node name: {0}")]
     InvalidName(RecordError),
+    /// A timing value is out of range (zero, absurdly long, or inconsistent).
+    #[error("invalid timing: {0}")]
+    InvalidTiming(#[from] crate::core::TimingError),
+    /// An IPv6 advertise or join address with a scope id (link-local).
+    #[error(
+        "{0} carries an IPv6 scope id: scoped (link-local) addresses cannot be members; use a global or unique-local address"
+    )]
+    ScopedAddress(SocketAddr),
     /// Binding the UDP socket failed.
     #[error("cannot bind UDP socket on {addr}: {source}")]
     Bind {
@@ -51,3 +59,13 @@ pub enum Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::core::ConfigError> for Error {
+    fn from(err: crate::core::ConfigError) -> Self {
+        match err {
+            crate::core::ConfigError::Name(err) => Error::InvalidName(err),
+            crate::core::ConfigError::Timing(err) => Error::InvalidTiming(err),
+            crate::core::ConfigError::ScopedAddress(addr) => Error::ScopedAddress(addr),
+        }
+    }
+}

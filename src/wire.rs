@@ -63,8 +63,23 @@ pub enum Message {
     },
     /// "Send me your live members" (a newcomer, or a node that knows fewer than a peer).
     MembersRequest,
-    /// Some of the sender's live members, as foca updates (applied without re-gossip).
+    /// Some of the sender's live members, as foca updates (applied without re-gossip),
+    /// from a build that did not number the parts of its answer: applied, but it does not
+    /// complete an answer. Never sent by this build.
     Members(Vec<foca::Member<NodeId>>),
+    /// Part `part` of `parts` of the answer `answer` to a [`Message::MembersRequest`]:
+    /// some of the sender's live members, as foca updates (applied without re-gossip). An
+    /// answer is complete when every part of it arrived.
+    MembersPart {
+        /// Names the answer (the sender's counter), so parts of two answers never mix.
+        answer: u32,
+        /// This part's index, below `parts`.
+        part: u16,
+        /// How many parts the answer has (at least one, even when it lists nobody).
+        parts: u16,
+        /// The members.
+        members: Vec<foca::Member<NodeId>>,
+    },
 }
 
 /// A decoded datagram.
@@ -127,33 +142,75 @@ pub fn encode_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Vec<
     encode_batches(records, Message::Records)
 }
 
-/// Splits members into as few [`Message::Members`] datagrams as fit in [`MAX_DATAGRAM`].
+/// Splits an answer listing `members` into [`Message::MembersPart`] datagrams that fit in
+/// [`MAX_DATAGRAM`]: at least one, even for no members, so that the asker learns the
+/// answer is complete.
 pub fn encode_members<'a>(
+    answer: u32,
     members: impl IntoIterator<Item = &'a foca::Member<NodeId>>,
 ) -> Vec<Vec<u8>> {
-    encode_batches(members, Message::Members)
+    let batches = batches(members, MEMBERS_PART_HEADER);
+    let parts = u16::try_from(batches.len().max(1)).unwrap_or(u16::MAX);
+    if batches.is_empty() {
+        return vec![encode(&Message::MembersPart {
+            answer,
+            part: 0,
+            parts,
+            members: Vec::new(),
+        })];
+    }
+    batches
+        .into_iter()
+        .take(usize::from(parts))
+        .enumerate()
+        .map(|(part, members)| {
+            encode(&Message::MembersPart {
+                answer,
+                part: part as u16,
+                parts,
+                members,
+            })
+        })
+        .collect()
 }
+
+/// Bytes a [`Message::MembersPart`] spends on `answer`, `part` and `parts` (varints at
+/// their longest).
+const MEMBERS_PART_HEADER: usize = 5 + 3 + 3;
 
 fn encode_batches<'a, T: Serialize + Clone + 'a>(
     items: impl IntoIterator<Item = &'a T>,
     wrap: impl Fn(Vec<T>) -> Message,
 ) -> Vec<Vec<u8>> {
-    let mut datagrams = Vec::new();
+    batches(items, 0)
+        .into_iter()
+        .map(|batch| encode(&wrap(batch)))
+        .collect()
+}
+
+/// Splits `items` into lists whose message fits a datagram: the envelope, `header` bytes,
+/// and the variant and the list's length in three more.
+fn batches<'a, T: Serialize + Clone + 'a>(
+    items: impl IntoIterator<Item = &'a T>,
+    header: usize,
+) -> Vec<Vec<T>> {
+    let empty = ENVELOPE_LEN + header + 3;
+    let mut out = Vec::new();
     let mut batch: Vec<T> = Vec::new();
-    let mut size = ENVELOPE_LEN + 3;
+    let mut size = empty;
     for item in items {
         let len = postcard::experimental::serialized_size(item).unwrap_or(usize::MAX);
         if !batch.is_empty() && size + len > MAX_DATAGRAM {
-            datagrams.push(encode(&wrap(std::mem::take(&mut batch))));
-            size = ENVELOPE_LEN + 3;
+            out.push(std::mem::take(&mut batch));
+            size = empty;
         }
         size += len;
         batch.push(item.clone());
     }
     if !batch.is_empty() {
-        datagrams.push(encode(&wrap(batch)));
+        out.push(batch);
     }
-    datagrams
+    out
 }
 
 /// Decodes a datagram's envelope (and an election message's payload).

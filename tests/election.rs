@@ -306,6 +306,38 @@ async fn invalid_input_returns_typed_errors() {
         builder("").start().await.unwrap_err(),
         Error::InvalidName(_)
     ));
+    let zero = builder("w3")
+        .timing(gossip_election::Timing {
+            anti_entropy_interval: Duration::ZERO,
+            ..gossip_election::Timing::lan()
+        })
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&zero, Error::InvalidTiming(e) if e.field == "anti_entropy_interval"),
+        "{zero}"
+    );
+    let forever = builder("w3")
+        .handoff_timeout(Duration::MAX)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&forever, Error::InvalidTiming(e) if e.field == "handoff_timeout"),
+        "{forever}"
+    );
+    let scoped: std::net::SocketAddr = "[fe80::1%2]:7946".parse().unwrap();
+    let link_local = Node::builder("w4")
+        .bind("127.0.0.1:0".parse().unwrap())
+        .advertise(scoped)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(link_local, Error::ScopedAddress(a) if a == scoped),
+        "{link_local}"
+    );
     let taken = node.addr();
     assert!(matches!(
         Node::builder("w2").bind(taken).start().await.unwrap_err(),

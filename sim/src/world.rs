@@ -546,7 +546,7 @@ impl World {
         cfg.rng_seed = splitmix64(self.seed ^ splitmix64(u64::from(i) << 20 ^ slot.boot));
         cfg.bugs = self.bugs;
         let local = Duration::from_nanos(slot.local(now));
-        let mut core = Core::new(cfg, local).expect("valid node name");
+        let mut core = Core::new(cfg, local).expect("valid node config");
         for r in 0..self.plan.tickets.len() {
             if self.competing[i as usize][r] {
                 let _ = core.obtain(local, &resource_name(r), self.plan.tickets[r]);

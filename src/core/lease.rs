@@ -127,7 +127,8 @@ impl Core {
                 .as_ref()
                 .map_or(super::lease::LeaseState::Idle, |c| c.lease),
             withdrawn: false,
-            backoff_until: None,
+            // Withdrawing and competing again does not cut a step-down back-off short.
+            backoff_until: previous.as_ref().and_then(|c| c.backoff_until),
             blocked_since: BTreeMap::new(),
             missing_blocked_since: None,
             mismatch: None,
@@ -161,6 +162,9 @@ impl Core {
         };
         claim.withdrawn = true;
         match claim.lease {
+            // A claim backing off stays (withdrawn, out of the record) until its back-off
+            // ends, so that competing again at once still waits it out.
+            LeaseState::Idle if claim.backoff_until.is_some() => {}
             LeaseState::Idle => {
                 self.claims.remove(resource);
             }
@@ -270,6 +274,10 @@ impl Core {
             && claim.backoff_until.is_some_and(|t| t <= now)
         {
             claim.backoff_until = None;
+            if claim.withdrawn && !claim.held() {
+                self.claims.remove(resource);
+                return;
+            }
             self.bump_record(now);
             self.dirty.insert(resource.to_string());
         }
@@ -320,7 +328,7 @@ impl Core {
             LeaseState::Held { lease, .. } | LeaseState::Lost { lease } => lease,
         };
         claim.lease = LeaseState::Idle;
-        if claim.withdrawn && !self.leaving {
+        if claim.withdrawn && claim.backoff_until.is_none() && !self.leaving {
             self.claims.remove(resource);
         }
         self.stats.yields += 1;

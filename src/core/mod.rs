@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 pub use identity::NodeId;
 pub use lease::{LeaseId, LostReason};
-pub use timing::{CoreConfig, PlantedBugs, Timing};
+pub use timing::{CoreConfig, MAX_INTERVAL, MIN_INTERVAL, PlantedBugs, Timing, TimingError};
 pub use view::Placement;
 
 use crate::record::{Claim, Record};
@@ -210,6 +210,28 @@ pub enum CommandError {
     NotRunning(NodeState),
 }
 
+/// Why a core could not start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The node name is empty or too long.
+    #[error("invalid node name: {0}")]
+    Name(#[from] crate::record::RecordError),
+    /// A timing value is out of range.
+    #[error("invalid timing: {0}")]
+    Timing(#[from] TimingError),
+    /// An IPv6 address with a scope (link-local): the scope does not travel in member
+    /// identities, so peers could not answer.
+    #[error(
+        "{0} carries an IPv6 scope id: scoped (link-local) addresses cannot be members; use a global or unique-local address"
+    )]
+    ScopedAddress(SocketAddr),
+}
+
+/// Whether `addr` is an IPv6 address with a scope id.
+pub fn is_scoped(addr: &SocketAddr) -> bool {
+    matches!(addr, SocketAddr::V6(a) if a.scope_id() != 0)
+}
+
 /// Members of its view a node announces to, besides the seeds, when it must reconnect.
 const ANNOUNCE_TO_MEMBERS: usize = 3;
 
@@ -299,19 +321,24 @@ pub struct Core {
     evaluate_claims: bool,
     state: NodeState,
     active: bool,
-    ever_active: bool,
     ready: bool,
     /// When the node became ready.
     ready_at: Option<Duration>,
     /// A peer answered a digest with "same view": this node knows the live records it knows.
     view_confirmed: bool,
-    /// A membership answer arrived since this node last became active.
+    /// A whole membership answer arrived since this node last became active.
     members_synced: bool,
+    /// The parts of the membership answer being received.
+    members_answer: Option<repair::MembersAnswer>,
+    /// Membership answers this node sent (names the next one).
+    members_answers_sent: u32,
     /// When the membership was last asked for.
     members_asked: Option<Duration>,
     /// When each asker last got the membership.
     members_answered: BTreeMap<SocketAddr, Duration>,
     active_since: Option<Duration>,
+    /// When the node last stopped being connected (its start, before it ever was).
+    inactive_since: Duration,
     leaving: bool,
     /// The view digest each member last reported, and when.
     reported: BTreeMap<SocketAddr, (u64, Duration)>,
@@ -351,7 +378,14 @@ impl std::fmt::Debug for Core {
 
 impl Core {
     /// Starts a node at `now`: announces to the seeds and schedules its timers.
-    pub fn new(mut cfg: CoreConfig, now: Duration) -> Result<Core, crate::record::RecordError> {
+    pub fn new(mut cfg: CoreConfig, now: Duration) -> Result<Core, ConfigError> {
+        cfg.validate_timing()?;
+        if let Some(scoped) = std::iter::once(&cfg.addr)
+            .chain(&cfg.seeds)
+            .find(|a| is_scoped(a))
+        {
+            return Err(ConfigError::ScopedAddress(*scoped));
+        }
         let own_record = Record {
             addr: cfg.addr,
             name: cfg.name.clone(),
@@ -389,14 +423,16 @@ impl Core {
             evaluate_claims: false,
             state: NodeState::Joining,
             active: false,
-            ever_active: false,
             ready: false,
             ready_at: None,
             view_confirmed: false,
             members_synced: false,
+            members_answer: None,
+            members_answers_sent: 0,
             members_asked: None,
             members_answered: BTreeMap::new(),
             active_since: None,
+            inactive_since: now,
             leaving: false,
             reported: BTreeMap::new(),
             known_names: BTreeMap::new(),
@@ -706,9 +742,19 @@ impl Core {
                 }
             }
             CoreTimer::SyncTimeout => {
-                if !self.ever_active && !self.ready {
+                // Re-armed until the node is ready: one that connected, never synced and
+                // then lost every member runs alone `sync_timeout` after it lost them.
+                if self.ready || self.leaving {
+                    return;
+                }
+                let due = self.inactive_since + self.cfg.sync_timeout;
+                if self.active {
+                    self.schedule(now + self.cfg.sync_timeout, CoreTimer::SyncTimeout);
+                } else if now >= due {
                     info!(after = ?self.cfg.sync_timeout, "reached nobody: running alone");
                     self.set_ready(now);
+                } else {
+                    self.schedule(due, CoreTimer::SyncTimeout);
                 }
             }
             CoreTimer::Repair => {
@@ -781,6 +827,12 @@ impl Core {
             }
             Message::MembersRequest => self.answer_members_request(now, from),
             Message::Members(members) => self.apply_members(now, from, members),
+            Message::MembersPart {
+                answer,
+                part,
+                parts,
+                members,
+            } => self.apply_members_part(now, from, (answer, part, parts), members),
             Message::Versions {
                 buckets,
                 entries,
@@ -939,9 +991,9 @@ impl Core {
             OwnedNotification::Active => {
                 debug!("connected to the fleet");
                 self.active = true;
-                self.ever_active = true;
                 self.active_since.get_or_insert(now);
                 self.members_synced = false;
+                self.members_answer = None;
                 self.members_asked = None;
                 self.request_members(now, None);
             }
@@ -951,9 +1003,7 @@ impl Core {
                     self.rebuild_foca(now);
                 }
             }
-            OwnedNotification::Defunct => {
-                self.active = false;
-            }
+            OwnedNotification::Defunct => self.disconnected(now),
             OwnedNotification::Rejoin(id) => {
                 self.id = id;
                 // A second mistaken suspicion takes a whole suspicion time; a refusal
@@ -1015,7 +1065,7 @@ impl Core {
     /// the old one (two that renewed at once address each other by the old identities and
     /// would never talk again). Announce by address until foca connects again.
     fn reconnect(&mut self, now: Duration) {
-        self.active = false;
+        self.disconnected(now);
         self.announce(now);
         let announcing = self
             .timers
@@ -1024,6 +1074,14 @@ impl Core {
         if !announcing {
             self.schedule(now + self.cfg.timing.announce_interval, CoreTimer::Announce);
         }
+    }
+
+    /// The node is no longer connected to the fleet.
+    fn disconnected(&mut self, now: Duration) {
+        if self.active {
+            self.inactive_since = now;
+        }
+        self.active = false;
     }
 
     /// A live member is gone (declared down, or this node lost every member).
@@ -1128,7 +1186,7 @@ impl Core {
             self.foca_cluster_size,
         );
         self.runtime = AccumulatingRuntime::new();
-        self.active = false;
+        self.disconnected(now);
         self.active_since = None;
         self.view_confirmed = false;
         let mut gone: Vec<NodeId> = self.view.members.values().copied().collect();
@@ -1336,12 +1394,13 @@ impl Core {
         }
     }
 
-    /// Synced: connected, holding the record of every live member, and either a peer
-    /// confirmed the same view (equal digests) or the node has been connected for
-    /// `sync_timeout`. The confirmation matters: a newcomer may have heard of only some
-    /// members when it first connects.
+    /// Synced: connected, holding a whole membership answer and the record of every live
+    /// member, and either a peer confirmed the same view (equal digests) or the node has
+    /// been connected for `sync_timeout`. The confirmation matters: a newcomer may have
+    /// heard of only some members when it first connects.
     fn synced(&self, now: Duration) -> bool {
         self.active
+            && self.members_synced
             && self.view.missing.is_empty()
             && (self.view_confirmed
                 || self

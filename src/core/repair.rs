@@ -44,6 +44,15 @@ const MAX_VERSION_ENTRIES: usize = (MAX_DATAGRAM - 64) / 30;
 /// `(addr, boot, version)` of one record.
 type VersionEntry = (SocketAddr, u64, u64);
 
+/// The parts of a membership answer received so far.
+#[derive(Debug)]
+pub(crate) struct MembersAnswer {
+    from: SocketAddr,
+    answer: u32,
+    parts: u16,
+    got: std::collections::BTreeSet<u16>,
+}
+
 /// Most `Versions` datagrams answering one digest: in a large fleet many buckets differ
 /// at once (after a heal, say), and one datagram lists only one or two of them.
 const MAX_VERSION_DATAGRAMS: usize = 4;
@@ -292,9 +301,48 @@ impl Core {
             .filter(|m| m.state() != foca::State::Down && m.id().addr() != from)
             .map(|m| foca::Member::new(*m.id(), m.incarnation(), foca::State::Alive))
             .collect();
-        for datagram in crate::wire::encode_members(&live) {
+        self.members_answers_sent = self.members_answers_sent.wrapping_add(1);
+        for datagram in crate::wire::encode_members(self.members_answers_sent, &live) {
             self.send(from, datagram);
         }
+    }
+
+    /// One part of a membership answer: applied at once; the membership counts as synced
+    /// once every part of one answer arrived (a lost part is asked for again with the
+    /// whole answer, by the repair timer).
+    pub(super) fn apply_members_part(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        (answer, part, parts): (u32, u16, u16),
+        members: Vec<foca::Member<NodeId>>,
+    ) {
+        if !self.view.members.contains_key(&from) {
+            return;
+        }
+        if part >= parts {
+            *self
+                .stats
+                .dropped
+                .entry(crate::wire::DropReason::Invalid)
+                .or_default() += 1;
+            return;
+        }
+        let got = match &mut self.members_answer {
+            Some(pending) if pending.from == from && pending.answer == answer => pending,
+            pending => pending.insert(MembersAnswer {
+                from,
+                answer,
+                parts,
+                got: std::collections::BTreeSet::new(),
+            }),
+        };
+        got.got.insert(part);
+        if got.got.len() >= usize::from(got.parts) {
+            self.members_answer = None;
+            self.members_synced = true;
+        }
+        self.apply_members(now, from, members);
     }
 
     pub(super) fn apply_members(
@@ -306,7 +354,6 @@ impl Core {
         if !self.view.members.contains_key(&from) {
             return;
         }
-        self.members_synced = true;
         let own = self.cfg.addr;
         let updates = members
             .into_iter()

@@ -79,6 +79,76 @@ impl Timing {
     }
 }
 
+/// A timing value outside its allowed range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field} is {value}, outside the allowed range {range}")]
+pub struct TimingError {
+    /// The field, as named in [`Timing`] or [`CoreConfig`].
+    pub field: &'static str,
+    /// The value given, formatted.
+    pub value: String,
+    /// The allowed range, formatted.
+    pub range: String,
+}
+
+/// Shortest interval or timeout a profile may use: shorter would wake the node for
+/// nothing (and zero would make it loop forever).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Longest interval or timeout a profile may use: longer is a mistake, and far longer
+/// would overflow the clock arithmetic.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+fn check_duration(field: &'static str, value: Duration) -> Result<(), TimingError> {
+    if (MIN_INTERVAL..=MAX_INTERVAL).contains(&value) {
+        Ok(())
+    } else {
+        Err(TimingError {
+            field,
+            value: format!("{value:?}"),
+            range: format!("{MIN_INTERVAL:?}..={MAX_INTERVAL:?}"),
+        })
+    }
+}
+
+fn check_count(field: &'static str, value: usize, max: usize) -> Result<(), TimingError> {
+    if (1..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(TimingError {
+            field,
+            value: value.to_string(),
+            range: format!("1..={max}"),
+        })
+    }
+}
+
+impl Timing {
+    /// Checks every field against its allowed range: each interval and timeout within
+    /// [`MIN_INTERVAL`]`..=`[`MAX_INTERVAL`], `probe_rtt` shorter than `probe_period`,
+    /// `indirect_probes` in `1..=16` and `gossip_fanout` in `1..=64`.
+    pub fn validate(&self) -> Result<(), TimingError> {
+        check_duration("probe_period", self.probe_period)?;
+        check_duration("probe_rtt", self.probe_rtt)?;
+        check_duration("suspect_to_down", self.suspect_to_down)?;
+        check_duration("gossip_interval", self.gossip_interval)?;
+        check_duration("announce_interval", self.announce_interval)?;
+        check_duration("announce_to_down_interval", self.announce_to_down_interval)?;
+        check_duration("anti_entropy_interval", self.anti_entropy_interval)?;
+        check_duration("repair_interval", self.repair_interval)?;
+        check_count("indirect_probes", self.indirect_probes, 16)?;
+        check_count("gossip_fanout", self.gossip_fanout, 64)?;
+        if self.probe_rtt >= self.probe_period {
+            return Err(TimingError {
+                field: "probe_rtt",
+                value: format!("{:?}", self.probe_rtt),
+                range: format!("below probe_period ({:?})", self.probe_period),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for Timing {
     fn default() -> Self {
         Timing::lan()
@@ -187,9 +257,50 @@ impl CoreConfig {
     }
 }
 
+impl CoreConfig {
+    /// Checks the timing profile and the timeouts (each within
+    /// [`MIN_INTERVAL`]`..=`[`MAX_INTERVAL`]).
+    pub fn validate_timing(&self) -> Result<(), TimingError> {
+        self.timing.validate()?;
+        check_duration("sync_timeout", self.sync_timeout)?;
+        check_duration("handoff_timeout", self.handoff_timeout)?;
+        check_duration("step_down_backoff", self.step_down_backoff)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_and_absurd_timings_are_refused_with_the_field_named() {
+        assert_eq!(Timing::lan().validate(), Ok(()));
+        let zero = Timing {
+            repair_interval: Duration::ZERO,
+            ..Timing::lan()
+        };
+        let err = zero.validate().unwrap_err();
+        assert_eq!(err.field, "repair_interval");
+        assert!(err.to_string().contains("repair_interval is 0ns"), "{err}");
+        let forever = Timing {
+            suspect_to_down: Duration::MAX,
+            ..Timing::lan()
+        };
+        assert_eq!(forever.validate().unwrap_err().field, "suspect_to_down");
+        let rtt = Timing {
+            probe_rtt: Duration::from_millis(300),
+            ..Timing::lan()
+        };
+        assert_eq!(rtt.validate().unwrap_err().field, "probe_rtt");
+        let fanout = Timing {
+            gossip_fanout: 0,
+            ..Timing::lan()
+        };
+        assert_eq!(fanout.validate().unwrap_err().field, "gossip_fanout");
+        let mut cfg = CoreConfig::new("w0", "127.0.0.1:7000".parse().unwrap(), 1);
+        cfg.handoff_timeout = Duration::MAX;
+        assert_eq!(cfg.validate_timing().unwrap_err().field, "handoff_timeout");
+    }
 
     #[test]
     fn max_transmissions_adds_to_foca_lan_in_small_fleets_only() {

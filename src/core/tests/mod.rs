@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use super::*;
 
+mod hostile;
+mod liveness;
+
 /// `(deliver at, sequence, from, to, datagram)`.
 type InFlight = (Duration, u64, SocketAddr, SocketAddr, Vec<u8>);
 
@@ -22,6 +25,8 @@ struct Fleet {
     wakeups: BTreeMap<SocketAddr, u64>,
     /// The side of a partition each node is on (none: the network is whole).
     sides: BTreeMap<SocketAddr, u8>,
+    /// Drops a datagram `(now, from, to, data)` when it returns true.
+    lose: Option<Box<dyn FnMut(Duration, SocketAddr, SocketAddr, &[u8]) -> bool>>,
 }
 
 fn addr(i: usize) -> SocketAddr {
@@ -40,6 +45,7 @@ impl Fleet {
             auto_drop: true,
             wakeups: BTreeMap::new(),
             sides: BTreeMap::new(),
+            lose: None,
         }
     }
 
@@ -131,6 +137,11 @@ impl Fleet {
             if next_packet == Some(t) {
                 let Reverse((_, _, from, to, data)) = self.inflight.pop().unwrap();
                 if self.sides.get(&from) != self.sides.get(&to) {
+                    continue;
+                }
+                if let Some(lose) = &mut self.lose
+                    && lose(t, from, to, &data)
+                {
                     continue;
                 }
                 if let Some(core) = self.nodes.get_mut(&to) {

@@ -1,0 +1,3 @@
+//! Hostile and unlucky datagrams: bounded answers, no state from strangers, no panics.
+
+use super::*;

@@ -1,0 +1,97 @@
+//! Liveness: a node is never stuck, and waits no longer than the timing table says.
+
+use super::*;
+
+fn last_acquired(f: &Fleet, i: usize) -> LeaseId {
+    f.events
+        .iter()
+        .rev()
+        .find_map(|(_, a, e)| match e {
+            Event::Acquired { lease, .. } if *a == addr(i) => Some(*lease),
+            _ => None,
+        })
+        .expect("acquired")
+}
+
+#[test]
+fn withdraw_then_obtain_keeps_the_step_down_backoff() {
+    let mut f = competing_fleet(3);
+    assert_eq!(f.holders("echo"), ["w0"]);
+    // w0's application drops a live lease: w0 steps down for step_down_backoff (5 s).
+    let lease = last_acquired(&f, 0);
+    let now = f.now;
+    f.node(0).lease_dropped(now, "echo", lease);
+    f.flush(addr(0));
+    f.run_for(Duration::from_secs(1));
+    assert_eq!(f.holders("echo"), ["w2"]);
+    // Withdrawing and competing again at once must not cut the back-off short.
+    let now = f.now;
+    f.node(0).withdraw(now, "echo");
+    f.node(0).obtain(now, "echo", 1).unwrap();
+    f.flush(addr(0));
+    f.run_for(Duration::from_secs(2));
+    assert_eq!(
+        f.holders("echo"),
+        ["w2"],
+        "w0 came back inside its back-off"
+    );
+    f.run_for(Duration::from_secs(4));
+    assert_eq!(f.holders("echo"), ["w0"]);
+}
+
+#[test]
+fn node_that_lost_every_member_before_it_synced_runs_alone() {
+    let mut f = Fleet::new();
+    f.start(1, 1001, &[1]);
+    f.run_for(Duration::from_secs(4));
+    assert_eq!(f.node(1).state(), NodeState::Alone);
+    // w0 connects to w1, which crashes before w0 could confirm its view.
+    f.start(0, 1000, &[1]);
+    f.run_for(Duration::from_millis(10));
+    assert!(f.node(0).foca.iter_members().count() == 1, "w0 connected");
+    assert!(!f.node(0).is_ready());
+    f.crash(1);
+    f.run_for(Duration::from_secs(10));
+    assert!(f.node(0).is_ready(), "w0 stayed {}", f.node(0).state());
+    assert_eq!(f.node(0).state(), NodeState::Alone);
+}
+
+#[test]
+fn newcomer_is_not_ready_until_every_part_of_a_membership_answer_arrived() {
+    let n = 150;
+    let mut f = Fleet::new();
+    for i in 0..n {
+        f.start(i, 1000 + i as u64, &[0]);
+    }
+    f.run_for(Duration::from_secs(30));
+    // Every membership answer to the newcomer loses all but its first datagram for 6 s.
+    let newcomer = addr(n);
+    let until = f.now + Duration::from_secs(6);
+    let parts_lost = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    let counter = parts_lost.clone();
+    f.lose = Some(Box::new(move |now, _, to, data| {
+        let later_part = matches!(
+            wire::decode(data),
+            Ok(Datagram::Election(Message::MembersPart { part, .. })) if part > 0
+        );
+        let lose = to == newcomer && now < until && later_part;
+        counter.set(counter.get() + usize::from(lose));
+        lose
+    }));
+    f.start(n, 5000, &[0]);
+    for _ in 0..1000 {
+        f.run_for(Duration::from_millis(10));
+        let node = f.node(n);
+        if node.is_ready() {
+            assert_eq!(
+                node.live_members(),
+                n,
+                "ready knowing {} of {n} members",
+                node.live_members()
+            );
+            break;
+        }
+    }
+    assert!(f.node(n).is_ready(), "never ready");
+    assert!(parts_lost.get() > 0, "no part of an answer was lost");
+}
