@@ -211,6 +211,7 @@ impl NodeBuilder {
         cfg.handoff_timeout = self.handoff_timeout;
         cfg.step_down_backoff = self.step_down_backoff;
         cfg.rng_seed = boot ^ crate::placement::name_hash(&self.name) ^ advertise.port() as u64;
+        cfg.wall_clock = SystemTime::now().duration_since(UNIX_EPOCH).ok();
         cfg
     }
 

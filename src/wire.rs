@@ -102,9 +102,20 @@ pub enum DropReason {
     Version,
     /// Decoded, but its content is invalid (a bad record) or foca refused it.
     Invalid,
+    /// Names an identity whose boot is absurdly far ahead of this node's clock.
+    Identity,
 }
 
 impl DropReason {
+    /// Every reason, in the order metrics list them.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::Decode,
+        DropReason::Version,
+        DropReason::Size,
+        DropReason::Invalid,
+        DropReason::Identity,
+    ];
+
     /// A short label, for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -112,6 +123,7 @@ impl DropReason {
             DropReason::Decode => "decode",
             DropReason::Version => "version",
             DropReason::Invalid => "invalid",
+            DropReason::Identity => "identity",
         }
     }
 }

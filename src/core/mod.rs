@@ -31,7 +31,9 @@ use tracing::{debug, info, warn};
 
 pub use identity::NodeId;
 pub use lease::{LeaseId, LostReason};
-pub use timing::{CoreConfig, MAX_INTERVAL, MIN_INTERVAL, PlantedBugs, Timing, TimingError};
+pub use timing::{
+    CoreConfig, MAX_BOOT_AHEAD, MAX_INTERVAL, MIN_INTERVAL, PlantedBugs, Timing, TimingError,
+};
 pub use view::Placement;
 
 use crate::record::{Claim, Record};
@@ -326,6 +328,8 @@ pub struct Core {
     ready_at: Option<Duration>,
     /// A peer answered a digest with "same view": this node knows the live records it knows.
     view_confirmed: bool,
+    /// The member this node last sent a digest to: only its "same view" answer counts.
+    digest_sent_to: Option<SocketAddr>,
     /// A whole membership answer arrived since this node last became active.
     members_synced: bool,
     /// The parts of the membership answer being received.
@@ -399,7 +403,7 @@ impl Core {
         cfg.seeds.sort();
         cfg.seeds.dedup();
         let id = NodeId::new(cfg.addr, cfg.boot, 0);
-        let store = Rc::new(RefCell::new(Store::default()));
+        let store = Rc::new(RefCell::new(Store::new(cfg.addr)));
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.rng_seed);
         let foca = Self::build_foca(id, &cfg, &store, &mut rng, 1);
         let mut core = Core {
@@ -426,6 +430,7 @@ impl Core {
             ready: false,
             ready_at: None,
             view_confirmed: false,
+            digest_sent_to: None,
             members_synced: false,
             members_answer: None,
             members_answers_sent: 0,
@@ -686,6 +691,10 @@ impl Core {
                 if self.leaving && !self.active {
                     return;
                 }
+                if self.names_absurd_boot(now, packet) {
+                    self.drop_datagram(from, DropReason::Identity);
+                    return;
+                }
                 if let Err(err) = self.foca.handle_data(packet, &mut self.runtime) {
                     debug!(%from, %err, "foca refused a packet");
                     let reason = match err {
@@ -814,6 +823,9 @@ impl Core {
                 }
             }
             Message::RecordRequest(addrs) => self.answer_request(from, &addrs),
+            // Digests and versions from strangers are neither answered nor remembered.
+            Message::Digest { .. } | Message::Versions { .. }
+                if !self.view.members.contains_key(&from) => {}
             Message::Digest {
                 buckets,
                 view,
@@ -842,6 +854,40 @@ impl Core {
                 self.answer_versions(now, from, buckets, &entries)
             }
         }
+    }
+
+    /// Whether a foca packet names (as sender or in an update) an identity whose boot is
+    /// more than [`MAX_BOOT_AHEAD`] past this node's wall clock: it would win every
+    /// address conflict for good. Checked only when the caller passed a wall clock.
+    fn names_absurd_boot(&self, now: Duration, mut packet: &[u8]) -> bool {
+        use bytes::Buf;
+        let Some(wall) = self.cfg.wall_clock else {
+            return false;
+        };
+        let wall_ms = (wall + now.saturating_sub(self.started)).as_millis();
+        let limit = wall_ms
+            .max(u128::from(self.cfg.boot))
+            .saturating_add(MAX_BOOT_AHEAD.as_millis());
+        let absurd = |id: &NodeId| u128::from(id.boot()) > limit;
+        let mut codec = PostcardCodec;
+        // What does not decode is left to foca, which refuses it and says why.
+        let Ok(header) = Codec::<NodeId>::decode_header(&mut codec, &mut packet) else {
+            return false;
+        };
+        if absurd(&header.src) {
+            return true;
+        }
+        if packet.remaining() >= 2 && header.message != FocaMessage::Broadcast {
+            let updates = packet.get_u16();
+            for _ in 0..updates {
+                match Codec::<NodeId>::decode_member(&mut codec, &mut packet) {
+                    Ok(member) if absurd(member.id()) => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+        }
+        false
     }
 
     fn drop_datagram(&mut self, from: SocketAddr, reason: DropReason) {
@@ -977,7 +1023,7 @@ impl Core {
                 let was_live = self.view.members.contains_key(&old.addr());
                 if was_live {
                     self.store.borrow_mut().forget_other_boot(&new);
-                    self.view.insert_member(new);
+                    self.insert_member(new);
                     self.reindex(now, new.addr());
                     if old.boot() != new.boot() {
                         self.events.push_back(Event::MemberDown(old));
@@ -1026,7 +1072,11 @@ impl Core {
                     // Declared down again at once: the fleet refuses this identity (it
                     // knows a newer boot at this address, from before the clock stepped
                     // back), and renewals cannot win against a newer boot.
-                    self.raise_boot(now);
+                    self.raise_boot(
+                        now,
+                        "the fleet refuses this identity (it knows a newer process at this \
+                         address; did the clock step back?)",
+                    );
                 } else {
                     // The record is unchanged: members that kept it as it was need nothing,
                     // the others pull it when they see this node come back.
@@ -1039,7 +1089,7 @@ impl Core {
 
     /// Raises this node's boot by a step that doubles with every raise, until the fleet
     /// accepts the identity.
-    fn raise_boot(&mut self, now: Duration) {
+    fn raise_boot(&mut self, now: Duration, why: &str) {
         let boot = self.cfg.boot.saturating_add(self.boot_step);
         self.boot_step = self.boot_step.saturating_mul(2).min(1 << 32);
         let id = NodeId::new(self.cfg.addr, boot, 0);
@@ -1047,12 +1097,7 @@ impl Core {
             debug!(%err, "cannot raise the boot");
             return;
         }
-        warn!(
-            from = self.cfg.boot,
-            to = boot,
-            "the fleet refuses this identity (it knows a newer process at this address; \
-             did the clock step back?): raising the boot"
-        );
+        warn!(from = self.cfg.boot, to = boot, "{why}: raising the boot");
         self.stats.boot_raises += 1;
         self.view.set_own_boot(self.cfg.boot, boot);
         self.cfg.boot = boot;
@@ -1093,7 +1138,7 @@ impl Core {
         self.lost_since.entry(addr).or_insert(now);
         self.reported.remove(&addr);
         self.suspects.remove(&addr);
-        self.view.remove_member(&addr);
+        self.remove_member(&addr);
         // The record stays, out of the view, in case the member comes back with the same
         // boot (a healed partition, a false suspicion): the fleet then need not send it
         // again.
@@ -1121,8 +1166,19 @@ impl Core {
         }
     }
 
-    fn member_up(&mut self, now: Duration, id: NodeId) {
+    /// Adds a live member to the view (and to what the store checks records against).
+    fn insert_member(&mut self, id: NodeId) {
         self.view.insert_member(id);
+        self.store.borrow_mut().live.insert(id.addr(), id.boot());
+    }
+
+    fn remove_member(&mut self, addr: &SocketAddr) {
+        self.view.remove_member(addr);
+        self.store.borrow_mut().live.remove(addr);
+    }
+
+    fn member_up(&mut self, now: Duration, id: NodeId) {
+        self.insert_member(id);
         self.store.borrow_mut().forget_other_boot(&id);
         self.reindex(now, id.addr());
         self.events.push_back(Event::MemberUp(id));
@@ -1223,13 +1279,30 @@ impl Core {
     }
 
     /// Rebuilds the own record from the claims, bumps its version and spreads it.
+    ///
+    /// The version rises past both the stored one and any higher version of this boot's
+    /// record seen from peers (they would keep preferring that copy). When it cannot rise
+    /// any more, the node raises its boot, which starts versions again.
     pub(crate) fn bump_record(&mut self, now: Duration) {
-        let version = self
-            .store
-            .borrow()
-            .records
-            .get(&self.cfg.addr)
-            .map_or(0, |r| r.version + 1);
+        let boot = self.cfg.boot;
+        let floor = {
+            let store = self.store.borrow();
+            let stored = store
+                .records
+                .get(&self.cfg.addr)
+                .filter(|r| r.boot == boot)
+                .map(|r| r.version);
+            let seen = store.own_seen.filter(|s| s.0 == boot).map(|s| s.1);
+            stored.max(seen)
+        };
+        let Some(version) = floor.map_or(Some(0), |v| v.checked_add(1)) else {
+            self.raise_boot(
+                now,
+                "this node's record version is at its maximum (a forged copy?)",
+            );
+            self.reconnect(now);
+            return;
+        };
         let record = self.build_record(version);
         self.install_record(now, record);
     }
@@ -1267,7 +1340,7 @@ impl Core {
             Ok(_) => {}
             Err(err) => warn!(%err, "own record not queued for gossip"),
         }
-        self.store.borrow_mut().offer(record);
+        self.store.borrow_mut().offer_own(record);
         if let Err(err) = self.foca.broadcast(&mut self.runtime) {
             debug!(%err, "broadcast failed");
         }
@@ -1385,11 +1458,11 @@ impl Core {
             .copied()
             .collect();
         for addr in gone {
-            self.view.remove_member(&addr);
+            self.remove_member(&addr);
             self.reindex(now, addr);
         }
         for id in back {
-            self.view.insert_member(id);
+            self.insert_member(id);
             self.reindex(now, id.addr());
         }
     }

@@ -94,11 +94,26 @@ impl Core {
         }
     }
 
+    /// Answers live members only, with each listed record at most once and at most
+    /// [`PULL_ADDRS`] of them: a request must not be a way to make this node send a
+    /// stranger (or a spoofed victim) more than it was sent.
     pub(super) fn answer_request(&mut self, from: SocketAddr, addrs: &[SocketAddr]) {
+        if !self.view.members.contains_key(&from) {
+            return;
+        }
         let records: Vec<Record> = if addrs.is_empty() {
             vec![self.own_record()]
         } else {
-            addrs.iter().filter_map(|a| self.record(a)).collect()
+            let mut listed: Vec<SocketAddr> = Vec::with_capacity(PULL_ADDRS);
+            for addr in addrs {
+                if listed.len() == PULL_ADDRS {
+                    break;
+                }
+                if !listed.contains(addr) {
+                    listed.push(*addr);
+                }
+            }
+            listed.iter().filter_map(|a| self.record(a)).collect()
         };
         if !records.is_empty() {
             self.send_records(from, &records);
@@ -114,6 +129,7 @@ impl Core {
         };
         let digest = self.view.digest().to_vec();
         let view = self.view.content_digest();
+        self.digest_sent_to = Some(to);
         self.send_message(
             to,
             &Message::Digest {
@@ -203,7 +219,10 @@ impl Core {
             return;
         }
         if buckets == 0 && entries.is_empty() {
-            self.view_confirmed = true;
+            // "Same view" counts only from the member this node last sent a digest to.
+            if self.digest_sent_to == Some(from) {
+                self.view_confirmed = true;
+            }
             return;
         }
         let mut push: Vec<Record> = Vec::new();

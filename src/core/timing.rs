@@ -193,6 +193,9 @@ pub(crate) fn max_transmissions(cluster_size: usize) -> NonZeroU8 {
     NonZeroU8::new(tx.min(255.0) as u8).unwrap_or(NonZeroU8::MIN)
 }
 
+/// How far ahead of a node's wall clock (or its own boot, if that is later) a boot may be.
+pub const MAX_BOOT_AHEAD: Duration = Duration::from_secs(24 * 3600);
+
 /// Everything the sans-IO core needs to start.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -214,6 +217,11 @@ pub struct CoreConfig {
     pub step_down_backoff: Duration,
     /// Seed of the core's random choices (foca's and its own).
     pub rng_seed: u64,
+    /// The wall clock (time since the unix epoch) when the core starts, if the caller
+    /// has one. Boots are unix milliseconds; with a wall clock the core refuses foca
+    /// packets naming an identity whose boot is more than [`MAX_BOOT_AHEAD`] ahead of it
+    /// (such an identity would win every address conflict for good).
+    pub wall_clock: Option<Duration>,
     /// Report suspicions ([`crate::core::Event::MemberSuspect`]); costs a scan of the
     /// membership at most every 10 ms, so it is off unless someone watches.
     pub report_suspicions: bool,
@@ -250,6 +258,7 @@ impl CoreConfig {
             handoff_timeout: Duration::from_secs(5),
             step_down_backoff: Duration::from_secs(5),
             rng_seed: boot ^ 0x9e37_79b9_7f4a_7c15,
+            wall_clock: None,
             report_suspicions: false,
             #[cfg(feature = "planted-bugs")]
             bugs: PlantedBugs::default(),

@@ -39,11 +39,22 @@ pub(crate) struct Store {
     /// Chance that a record heard for the first time is gossiped on (see
     /// [`relay_probability`]).
     pub relay_probability: f64,
+    /// This node's address: peers' copies of its record are never stored.
+    pub own: SocketAddr,
+    /// The highest `(boot, version)` of this node's own record seen from peers (a copy
+    /// from before a restart with the same boot, or a forgery): the next own record
+    /// jumps past it.
+    pub own_seen: Option<(u64, u64)>,
+    /// The boot of each live member (the view's members, kept here for [`Store::offer`]).
+    pub live: HashMap<SocketAddr, u64, FixedState>,
 }
 
-impl Default for Store {
-    fn default() -> Self {
+impl Store {
+    pub fn new(own: SocketAddr) -> Self {
         Store {
+            own,
+            own_seen: None,
+            live: HashMap::default(),
             records: HashMap::default(),
             changed: BTreeSet::new(),
             invalid: 0,
@@ -90,12 +101,43 @@ impl Store {
         }
     }
 
-    /// Keeps `record` if it is newer than what is stored for its address.
+    /// Keeps a peer's `record` if it is newer than what is stored for its address. Never
+    /// a record of this node's own address (its own record is installed with
+    /// [`Store::offer_own`]), and never one whose boot differs from its live member's
+    /// identity in place of one that matches.
     pub fn offer(&mut self, record: Record) -> bool {
+        if record.addr == self.own {
+            let seen = (record.boot, record.version);
+            if self.own_seen.is_none_or(|s| seen > s) {
+                self.own_seen = Some(seen);
+            }
+            return false;
+        }
         // Most offers are copies of what is stored: compare versions before validating.
         if !self.is_news(&record.addr, record.boot, record.version) {
             return false;
         }
+        if let Some(&boot) = self.live.get(&record.addr)
+            && record.boot != boot
+            && self
+                .records
+                .get(&record.addr)
+                .is_some_and(|r| r.boot == boot)
+        {
+            return false;
+        }
+        self.store(record)
+    }
+
+    /// Installs this node's own record.
+    pub fn offer_own(&mut self, record: Record) -> bool {
+        if !self.is_news(&record.addr, record.boot, record.version) {
+            return false;
+        }
+        self.store(record)
+    }
+
+    fn store(&mut self, record: Record) -> bool {
         if record.validate().is_err() {
             self.invalid += 1;
             return false;
@@ -158,7 +200,13 @@ impl foca::BroadcastHandler<NodeId> for RecordHandler {
         };
         let mut store = self.store.borrow_mut();
         let before = store.invalid;
-        if store.offer(record) {
+        // No sender: this node's own record, queued by `Core::install_record`.
+        let stored = if sender.is_none() {
+            store.offer_own(record)
+        } else {
+            store.offer(record)
+        };
+        if stored {
             // This node's own record (no sender) always goes out.
             let p = store.relay_probability;
             let relay = sender.is_none()

@@ -491,12 +491,7 @@ fn render_metrics(s: &Snapshot) -> String {
     );
 
     let dropped = Family::<Labels, Counter<u64>>::default();
-    for reason in [
-        crate::wire::DropReason::Decode,
-        crate::wire::DropReason::Version,
-        crate::wire::DropReason::Size,
-        crate::wire::DropReason::Invalid,
-    ] {
+    for reason in crate::wire::DropReason::ALL {
         let n = st.dropped.get(&reason).copied().unwrap_or(0);
         dropped
             .get_or_create(&label("reason", reason.as_str()))

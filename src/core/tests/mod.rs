@@ -25,6 +25,8 @@ struct Fleet {
     wakeups: BTreeMap<SocketAddr, u64>,
     /// The side of a partition each node is on (none: the network is whole).
     sides: BTreeMap<SocketAddr, u8>,
+    /// The wall clock nodes start with (none: boots are not checked against a clock).
+    wall_clock: Option<Duration>,
     /// Drops a datagram `(now, from, to, data)` when it returns true.
     lose: Option<Box<dyn FnMut(Duration, SocketAddr, SocketAddr, &[u8]) -> bool>>,
 }
@@ -46,6 +48,7 @@ impl Fleet {
             wakeups: BTreeMap::new(),
             sides: BTreeMap::new(),
             lose: None,
+            wall_clock: None,
         }
     }
 
@@ -57,6 +60,7 @@ impl Fleet {
         let mut cfg = CoreConfig::new(name, addr(i), boot);
         cfg.seeds = seeds.iter().map(|s| addr(*s)).collect();
         cfg.rng_seed = (i as u64) << 8 | boot;
+        cfg.wall_clock = self.wall_clock;
         let core = Core::new(cfg, self.now).unwrap();
         self.nodes.insert(addr(i), core);
         self.flush(addr(i));
