@@ -118,6 +118,10 @@ struct Fleet {
     /// The most ever running at once.
     max_running: usize,
     log: Vec<(Duration, Step)>,
+    /// Hosts whose application never takes the lease it is offered.
+    never_take: BTreeSet<&'static str>,
+    /// Hosts told to leave the fleet (they leave once, then idle).
+    leave: BTreeSet<&'static str>,
 }
 
 type Shared = Rc<RefCell<Fleet>>;
@@ -413,8 +417,17 @@ async fn run_host(name: &'static str, seeds: Vec<SocketAddr>, fleet: Shared) -> 
         .run_on(SimSocket(socket), advertise)?;
     let protocol = tokio::task::spawn_local(protocol);
     let candidacy = node.obtain(RESOURCE, 1).await?;
-    tokio::task::spawn_local(run_worker(name, candidacy, Rc::clone(&fleet)));
+    let _untaken = if fleet.borrow().never_take.contains(name) {
+        Some(candidacy)
+    } else {
+        tokio::task::spawn_local(run_worker(name, candidacy, Rc::clone(&fleet)));
+        None
+    };
     loop {
+        if fleet.borrow().leave.contains(name) {
+            node.leave().await;
+            return std::future::pending().await;
+        }
         if protocol.is_finished() {
             return Err(format!("{name}: the protocol loop ended").into());
         }
@@ -610,6 +623,29 @@ fn hosts_join_and_agree_on_one_owner() {
         }
         Ok(())
     });
+}
+
+#[test]
+fn leave_with_a_lease_the_application_never_took_reaches_the_fleet_at_once() {
+    let mut h = Harness::new(6, &NAMES3);
+    h.fleet.borrow_mut().never_take.insert("w0");
+    let seeds = h.addrs(&NAMES3);
+    for name in NAMES3 {
+        h.add_host(name, &seeds);
+    }
+    h.run_until(Duration::from_secs(15), "w0 holds echo", |f| {
+        f.agrees(&NAMES3, "w0")
+    });
+    // Leaving, w0 reports the lease lost; nobody holds it, so the driver drops it at
+    // once, which completes the leave: its last records and foca's leave must go out
+    // then, not wait for a timer that never comes (peers would wait for failure
+    // detection, over a second).
+    h.fleet.borrow_mut().leave.insert("w0");
+    h.run_until(
+        Duration::from_millis(300),
+        "w1 and w2 see w2 holding echo",
+        |f| f.views_hold(&["w1", "w2"], "w2"),
+    );
 }
 
 #[test]

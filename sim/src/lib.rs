@@ -178,7 +178,11 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
             detail: "the plan partitioned the network but no packet died at a partition".into(),
         });
     }
-    if config.scenario == Scenario::CrashOwner && w.checks.effects.owner_crashes == 0 {
+    if matches!(
+        config.scenario,
+        Scenario::CrashOwner | Scenario::CrashOwnerRestarting
+    ) && w.checks.effects.owner_crashes == 0
+    {
         violations.push(Violation {
             invariant: "coverage:crash-never-hit-an-owner".into(),
             at_ms: w.now / MS,

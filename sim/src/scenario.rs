@@ -19,6 +19,10 @@ pub enum Scenario {
     Steady,
     /// The holder of a resource crashes every 20 s and restarts 10 s later.
     CrashOwner,
+    /// As `CrashOwner`, with the last third of the nodes competing for nothing; about when
+    /// the holder is declared down, one of those restarts at once (new boot): its new
+    /// record, which claims nothing, is still in flight when the next-ranked node decides.
+    CrashOwnerRestarting,
     /// Two halves, then a heal, then an owner crash.
     PartitionHalves,
     /// A third cut from the rest, then a heal, then an owner crash.
@@ -47,9 +51,10 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in CLI order.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Steady,
         Scenario::CrashOwner,
+        Scenario::CrashOwnerRestarting,
         Scenario::PartitionHalves,
         Scenario::PartitionMinority,
         Scenario::IsolateOwner,
@@ -66,6 +71,7 @@ impl Scenario {
         match self {
             Scenario::Steady => "steady",
             Scenario::CrashOwner => "crash-owner",
+            Scenario::CrashOwnerRestarting => "crash-owner-restarting",
             Scenario::PartitionHalves => "partition-halves",
             Scenario::PartitionMinority => "partition-minority",
             Scenario::IsolateOwner => "isolate-owner",
@@ -103,6 +109,9 @@ pub enum Fault {
     Crash(u32),
     /// Start a new instance (new boot, same name and address).
     Restart(u32),
+    /// Restart at once (drop the instance, start a new boot) an up node that does not
+    /// compete for the resource; a planned restart, not a fault.
+    BounceBystander(usize),
     /// Shut the node down gracefully; once it has left, start a new instance after the
     /// given delay (ns).
     Leave { node: u32, restart_after: u64 },
@@ -213,10 +222,17 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                 .unwrap_or_else(|| if swarm { rng.random_range(1..=3) } else { 1 })
         })
         .collect();
+    // In `crash-owner-restarting` the last third of the nodes compete for nothing: their
+    // records, when they restart, say nothing about any resource.
+    let bystanders = if input.scenario == Scenario::CrashOwnerRestarting {
+        (n / 3).max(1)
+    } else {
+        0
+    };
     let competes: Vec<Vec<bool>> = (0..n)
-        .map(|_| {
+        .map(|i| {
             (0..resources)
-                .map(|_| !swarm || rng.random_bool(0.8))
+                .map(|_| i + bystanders < n && (!swarm || rng.random_bool(0.8)))
                 .collect()
         })
         .collect();
@@ -243,6 +259,25 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                         restart_after: 10 * S,
                     },
                 ));
+                t += 20 * S;
+            }
+        }
+        Scenario::CrashOwnerRestarting => {
+            kinds.push("crash-owner");
+            kinds.push("restart");
+            let mut t = c0;
+            while t + 12 * S < c1 {
+                let resource = rng.random_range(0..resources);
+                faults.push((
+                    t,
+                    Fault::CrashHolder {
+                        resource,
+                        restart_after: 10 * S,
+                    },
+                ));
+                // Around the down declaration (suspicion 1 s after a missed probe).
+                let offset = rng.random_range(900..1600) * MS;
+                faults.push((t + offset, Fault::BounceBystander(resource)));
                 t += 20 * S;
             }
         }

@@ -731,6 +731,16 @@ impl World {
                 }
             }
             Fault::Restart(i) => self.start(i),
+            Fault::BounceBystander(r) => {
+                let bystanders: Vec<u32> = (0..self.plan.nodes as u32)
+                    .filter(|&v| self.nodes[v as usize].up() && !self.competing[v as usize][r])
+                    .collect();
+                if !bystanders.is_empty() {
+                    let v = bystanders[self.rng.random_range(0..bystanders.len())];
+                    self.crash(v);
+                    self.start(v);
+                }
+            }
             Fault::Leave {
                 node,
                 restart_after,

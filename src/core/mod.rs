@@ -1256,10 +1256,16 @@ impl Core {
     }
 
     fn reindex(&mut self, now: Duration, addr: SocketAddr) {
+        let missing = self.view.missing.len();
         let touched = {
             let store = self.store.borrow();
             self.view.reindex(addr, &store, now)
         };
+        // A claim may wait on a missing record only: the record that arrives may say
+        // nothing of its resource, so every claim is looked at again.
+        if self.view.missing.len() < missing {
+            self.evaluate_claims = true;
+        }
         self.dirty.extend(touched);
     }
 
