@@ -253,15 +253,25 @@ impl<S: Socket> Driver<S> {
         }
     }
 
-    /// Sends what the core wants sent and publishes its events.
+    /// Sends what the core wants sent and publishes its events, until both are done:
+    /// publishing can queue more of either (a lost lease nobody picked up is dropped at
+    /// once, which yields it, and may complete a leave).
     async fn flush(&mut self) {
-        while let Some(transmit) = self.core.poll_transmit() {
-            if let Err(err) = self.socket.send_to(&transmit.data, transmit.to).await {
-                debug!(to = %transmit.to, %err, "send failed");
+        loop {
+            let mut progressed = false;
+            while let Some(transmit) = self.core.poll_transmit() {
+                progressed = true;
+                if let Err(err) = self.socket.send_to(&transmit.data, transmit.to).await {
+                    debug!(to = %transmit.to, %err, "send failed");
+                }
             }
-        }
-        while let Some(event) = self.core.poll_event() {
-            self.publish(event);
+            while let Some(event) = self.core.poll_event() {
+                progressed = true;
+                self.publish(event);
+            }
+            if !progressed {
+                break;
+            }
         }
         // Withdrawals complete once the core no longer holds the resource.
         let own = self.core.own_record();

@@ -24,8 +24,9 @@
 //!
 //! Determinism: the seed (`rng_seed`), the epoch and every boot number are explicit; the
 //! driver's `select!` is `biased;` (turmoil seeds tokio's RNG only under
-//! `--cfg tokio_unstable`); nothing here reads `std::time` (the builder would read
-//! `SystemTime::now()` only for a boot left unset). `GOSSIP_TURMOIL_SEED=<u64>` replaces
+//! `--cfg tokio_unstable`); nothing here reads `std::time` (the builder reads
+//! `SystemTime::now()` for a boot left unset, and as the wall clock it refuses absurd boots
+//! against, which these boots are far below). `GOSSIP_TURMOIL_SEED=<u64>` replaces
 //! the fixed seed to explore others. Without `tokio_unstable`, a panic in a task the host
 //! spawned (protocol loop, worker) is swallowed by its `LocalSet`: the reporter therefore
 //! fails the host when the protocol loop ends.
