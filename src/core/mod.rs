@@ -270,6 +270,8 @@ pub struct Stats {
     pub yields: u64,
     /// Acquisitions that went ahead past an unresponsive blocker.
     pub escapes: u64,
+    /// Times this node became ready while records it could not get were still missing.
+    pub ready_escapes: u64,
     /// Changes of this node's view (members or their records).
     pub view_changes: u64,
     /// Members seen turning suspect (with `report_suspicions`).
@@ -1369,6 +1371,15 @@ impl Core {
             && (self.synced(now) || (self.active && self.bug(|b| b.acquire_before_synced)))
         {
             self.set_ready(now);
+        } else if !self.ready && self.ready_escape_due(now) {
+            let missing: Vec<SocketAddr> = self.view.missing.keys().copied().collect();
+            warn!(
+                ?missing,
+                "records of these members could not be had: ready anyway (they count as \
+                 possible holders until the claim escape)"
+            );
+            self.stats.ready_escapes += 1;
+            self.set_ready(now);
         }
         self.check_superseded(now);
         self.update_state();
@@ -1485,6 +1496,27 @@ impl Core {
                 || self
                     .active_since
                     .is_some_and(|t| now >= t + self.cfg.sync_timeout))
+    }
+
+    /// The readiness escape: connected with a whole membership answer for `sync_timeout`,
+    /// and a record has been missing for the claim escape's patience (`handoff_timeout`
+    /// plus one anti-entropy period) despite repair: a member whose record does not
+    /// decode here (a newer build) or a phantom must not keep the node from ever being
+    /// ready.
+    fn ready_escape_due(&self, now: Duration) -> bool {
+        let patience = self.cfg.handoff_timeout + self.cfg.timing.anti_entropy_interval;
+        self.active
+            && self.members_synced
+            && self
+                .active_since
+                .is_some_and(|t| now >= t + self.cfg.sync_timeout)
+            && self
+                .view
+                .missing
+                .values()
+                .map(|m| m.since)
+                .min()
+                .is_some_and(|since| now >= since + patience)
     }
 
     fn report_owners(&mut self, resource: String) {

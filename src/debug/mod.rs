@@ -454,6 +454,16 @@ fn render_metrics(s: &Snapshot) -> String {
     registry.register("losses", "Leases lost", counter(st.losses));
     registry.register("yields", "Tickets yielded", counter(st.yields));
     registry.register(
+        "escapes",
+        "Acquisitions that went ahead past blockers that neither yielded nor went down",
+        counter(st.escapes),
+    );
+    registry.register(
+        "ready_escapes",
+        "Times this node became ready while records it could not get were missing",
+        counter(st.ready_escapes),
+    );
+    registry.register(
         "view_changes",
         "Changes of this node's view",
         counter(st.view_changes),

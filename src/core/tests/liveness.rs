@@ -95,3 +95,24 @@ fn newcomer_is_not_ready_until_every_part_of_a_membership_answer_arrived() {
     assert!(f.node(n).is_ready(), "never ready");
     assert!(parts_lost.get() > 0, "no part of an answer was lost");
 }
+
+#[test]
+fn newcomer_becomes_ready_when_a_members_record_can_never_be_had() {
+    let mut f = competing_fleet(3);
+    // w2's record never reaches the newcomer (as if it did not decode there).
+    let record = f.node(2).own_record().encode();
+    let newcomer = addr(3);
+    f.lose = Some(Box::new(move |_, _, to, data| {
+        to == newcomer && data.windows(record.len()).any(|w| w == record.as_slice())
+    }));
+    f.start(3, 2000, &[0, 1, 2]);
+    let now = f.now;
+    f.node(3).obtain(now, "echo", 1).unwrap();
+    f.flush(addr(3));
+    f.run_for(Duration::from_secs(20));
+    let node = f.node(3);
+    assert_eq!(node.missing_records(), 1, "w2's record arrived after all");
+    assert!(node.is_ready(), "w3 stayed {}", node.state());
+    assert_eq!(node.stats().ready_escapes, 1);
+    assert_eq!(node.state(), NodeState::Active);
+}
