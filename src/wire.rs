@@ -80,6 +80,9 @@ pub enum Message {
         /// The members.
         members: Vec<foca::Member<NodeId>>,
     },
+    /// The sender is leaving the fleet gracefully (foca's leave follows): when it goes, it
+    /// left; it did not fail.
+    Leaving,
 }
 
 /// A decoded datagram.
@@ -100,7 +103,10 @@ pub enum DropReason {
     Decode,
     /// A wire version this build does not speak.
     Version,
-    /// Decoded, but its content is invalid (a bad record) or foca refused it.
+    /// Decoded, but its content is invalid (a bad record) or foca refused it. Unlike the
+    /// other reasons, the datagram may have applied in part: foca applies a packet's
+    /// membership updates before it reads the records that follow them, and a record that
+    /// fails is refused alone.
     Invalid,
     /// Names an identity whose boot is absurdly far ahead of this node's clock.
     Identity,

@@ -242,6 +242,7 @@ impl Core {
         members.sort_unstable();
         for addr in members {
             self.send_records(addr, std::slice::from_ref(&own));
+            self.send_message(addr, &crate::wire::Message::Leaving);
         }
         if let Err(err) = self.foca.leave_cluster(&mut self.runtime) {
             warn!(%err, "leaving the membership failed");

@@ -352,6 +352,10 @@ pub struct Core {
     namesakes_reported: BTreeSet<SocketAddr>,
     /// The last name seen at each address, so a member that went down keeps its name.
     known_names: BTreeMap<SocketAddr, String>,
+    /// Live members that said they are leaving gracefully.
+    leavers: BTreeSet<SocketAddr>,
+    /// Whether the member that went last had said it was leaving.
+    last_gone_left: bool,
     /// Suspected members, when suspicions are reported.
     suspects: BTreeSet<SocketAddr>,
     suspects_scanned: Duration,
@@ -444,6 +448,8 @@ impl Core {
             reported: BTreeMap::new(),
             known_names: BTreeMap::new(),
             namesakes_reported: BTreeSet::new(),
+            leavers: BTreeSet::new(),
+            last_gone_left: false,
             suspects: BTreeSet::new(),
             suspects_scanned: Duration::ZERO,
             last_fingerprint: 0,
@@ -701,7 +707,11 @@ impl Core {
                     debug!(%from, %err, "foca refused a packet");
                     let reason = match err {
                         foca::Error::DataTooBig => DropReason::Size,
-                        foca::Error::MalformedPacket | foca::Error::Decode(_) => DropReason::Decode,
+                        // foca decodes the header and every membership update before it
+                        // applies any: nothing of such a packet took effect.
+                        foca::Error::Decode(_) => DropReason::Decode,
+                        // Found later (a malformed or invalid record after the updates,
+                        // which foca has applied by then): only that part was refused.
                         _ => DropReason::Invalid,
                     };
                     if !matches!(err, foca::Error::DataFromOurselves) {
@@ -840,6 +850,11 @@ impl Core {
                 self.answer_digest(now, from, &buckets)
             }
             Message::MembersRequest => self.answer_members_request(now, from),
+            Message::Leaving => {
+                if self.view.members.contains_key(&from) {
+                    self.leavers.insert(from);
+                }
+            }
             Message::Members(members) => self.apply_members(now, from, members),
             Message::MembersPart {
                 answer,
@@ -1047,7 +1062,11 @@ impl Core {
             }
             OwnedNotification::Idle => {
                 if !self.leaving {
-                    warn!("lost every member: rebuilding the membership instance");
+                    if self.last_gone_left {
+                        info!("the last member left the fleet: rebuilding the membership instance");
+                    } else {
+                        warn!("lost every member: rebuilding the membership instance");
+                    }
                     self.rebuild_foca(now);
                 }
             }
@@ -1134,6 +1153,10 @@ impl Core {
     /// A live member is gone (declared down, or this node lost every member).
     fn member_gone(&mut self, now: Duration, id: NodeId) {
         let addr = id.addr();
+        self.last_gone_left = self.leavers.remove(&addr);
+        if self.last_gone_left {
+            info!(member = %addr, "member left the fleet");
+        }
         if let Some(name) = self.view.name_of(&addr) {
             self.known_names.insert(addr, name.to_string());
         }
@@ -1170,6 +1193,9 @@ impl Core {
 
     /// Adds a live member to the view (and to what the store checks records against).
     fn insert_member(&mut self, id: NodeId) {
+        if self.view.members.get(&id.addr()) != Some(&id) {
+            self.leavers.remove(&id.addr());
+        }
         self.view.insert_member(id);
         self.store.borrow_mut().live.insert(id.addr(), id.boot());
     }

@@ -215,3 +215,110 @@ fn identity_with_a_boot_far_ahead_of_the_clock_is_refused() {
     assert_eq!(f.node(0).view.members[&addr(1)], real);
     assert_eq!(f.node(0).stats().dropped[&DropReason::Identity], 2);
 }
+
+/// Datagrams a settled fleet of three exchanged, to mutate.
+fn corpus() -> &'static [Vec<u8>] {
+    static CORPUS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let mut f = fleet(3);
+        let sink = seen.clone();
+        f.lose = Some(Box::new(move |_, _, _, data| {
+            let mut seen = sink.borrow_mut();
+            if seen.len() < 2000 {
+                seen.push(data.to_vec());
+            }
+            false
+        }));
+        f.run_for(Duration::from_secs(2));
+        f.obtain_all(0..3, "echo", 1);
+        f.run_for(Duration::from_secs(3));
+        seen.take()
+    })
+}
+
+/// What a datagram refused before it reached foca or the election must not change.
+type Observed = (u64, Record, Vec<(NodeId, String, u16)>, NodeState, Owners);
+
+fn observable(core: &Core) -> Observed {
+    let mut members: Vec<(NodeId, String, u16)> = core
+        .membership()
+        .map(|m| (*m.id(), format!("{:?}", m.state()), m.incarnation()))
+        .collect();
+    members.sort_unstable();
+    (
+        core.view_fingerprint(),
+        core.own_record(),
+        members,
+        core.state(),
+        core.owners("echo"),
+    )
+}
+
+fn datagram() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..1500),
+        // A valid envelope and anything after it.
+        (1u8..=2, proptest::collection::vec(any::<u8>(), 0..200)).prop_map(|(kind, rest)| {
+            let mut data = vec![b'G', b'E', wire::VERSION, kind];
+            data.extend(rest);
+            data
+        }),
+        // A datagram the fleet exchanged, with bytes flipped and the tail cut.
+        (
+            any::<proptest::sample::Index>(),
+            proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..6),
+            any::<proptest::sample::Index>(),
+        )
+            .prop_map(|(pick, flips, cut)| {
+                let corpus = corpus();
+                let mut data = corpus[pick.index(corpus.len())].clone();
+                for (at, byte) in flips {
+                    let i = at.index(data.len());
+                    data[i] ^= byte;
+                }
+                let keep = data.len() / 2 + cut.index(data.len() / 2 + 1);
+                data.truncate(keep);
+                data
+            }),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 128,
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Arbitrary bytes from members and strangers never panic; a datagram refused as
+    /// oversized, undecodable, of another version or naming an absurd identity changes
+    /// nothing. (One that decodes may apply in part: foca applies a packet's membership
+    /// updates before its records, and a record that does not validate is dropped alone.)
+    #[test]
+    fn arbitrary_datagrams_never_panic_and_refused_ones_change_nothing(
+        inputs in proptest::collection::vec((0usize..5, datagram()), 1..8)
+    ) {
+        let mut f = competing_fleet(3);
+        for (source, data) in inputs {
+            let from = if source < 3 { addr(source) } else { addr(50 + source) };
+            let now = f.now;
+            let node = f.node(0);
+            let before = observable(node);
+            let dropped_before = node.stats().dropped.clone();
+            node.handle_datagram(now, from, &data);
+            let refused_early = [DropReason::Size, DropReason::Decode, DropReason::Version, DropReason::Identity]
+                .iter()
+                .any(|r| node.stats().dropped.get(r) != dropped_before.get(r));
+            if refused_early {
+                proptest::prop_assert_eq!(observable(node), before);
+            }
+            f.flush(addr(0));
+            f.run_for(Duration::from_millis(5));
+        }
+        f.lose = None;
+        f.run_for(Duration::from_secs(5));
+        proptest::prop_assert_eq!(f.holders("echo").len(), 1);
+    }
+}

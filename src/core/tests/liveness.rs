@@ -116,3 +116,46 @@ fn newcomer_becomes_ready_when_a_members_record_can_never_be_had() {
     assert_eq!(node.stats().ready_escapes, 1);
     assert_eq!(node.state(), NodeState::Active);
 }
+
+/// Runs `f` with the core's log lines (level and message) captured.
+fn logs_of(f: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+}
+
+#[test]
+fn last_peer_leaving_gracefully_reads_as_a_leave() {
+    let logs = logs_of(|| {
+        let mut f = competing_fleet(2);
+        let now = f.now;
+        f.node(1).leave(now);
+        f.flush(addr(1));
+        f.run_for(Duration::from_secs(5));
+        assert_eq!(f.node(0).state(), NodeState::Alone);
+    });
+    assert!(
+        logs.contains("INFO") && logs.contains("the last member left the fleet"),
+        "{logs}"
+    );
+    assert!(!logs.contains("lost every member"), "{logs}");
+    assert!(!logs.contains("WARN"), "{logs}");
+}
