@@ -11,6 +11,7 @@
 //! | L1 | `convergence-after-heal` | within 30 s of a heal that leaves no loss burst in effect (and no fault follows), every up node sees every up node, all views are equal, and each resource has min(tickets, candidates) holders, the desired ones |
 //! | L2 | `failover-after-crash` | after a holder crashes on a healthy network, another holder appears within suspicion + probe period + 2 s |
 //! | L3 | `no-flap-when-stable` | once converged after the heal, with loss ≤ 5 %, no ownership changes |
+//! | L4 | `bounded-acquisitions-one-way-cut` | while a one-way cut is in effect (and the workload does not churn), no node acquires a resource more than twice in any 60 s (a node that hears the fleet but cannot reach it must not flap between running alone and rejoining) |
 //! | H1 | `every-node-becomes-active` | an up node that started with no fault in effect, and had none since, is connected (or alone) within 15 s |
 //! | H2 | `members-within-addresses` | no node's membership exceeds the distinct addresses |
 //! | C | `coverage:*` | a run whose plan partitions the network dropped packets at a partition; an owner crash hit an owner |
@@ -37,6 +38,11 @@ pub const FAILOVER_WITHIN: u64 = 3200 * MS;
 /// How long L1's condition must hold before the fleet counts as converged (covers a
 /// suspicion still running when the views first look equal).
 pub const HOLD: u64 = 3 * S;
+/// L4: most acquisitions of one resource by one node in [`CUT_WINDOW`] while a one-way
+/// cut is in effect.
+pub const CUT_ACQUISITIONS: usize = 2;
+/// L4's window.
+pub const CUT_WINDOW: u64 = 60 * S;
 /// H1's bound.
 pub const ACTIVE_WITHIN: u64 = 15 * S;
 
@@ -119,7 +125,15 @@ pub struct Checks {
     pub false_downs: u64,
     pub effects: Effects,
     stable_loss: bool,
+    /// The workload withdraws and obtains resources: acquisitions follow it, not faults.
+    workload_churn: bool,
     ongoing: bool,
+    /// Acquisitions per node and resource during one-way cuts, within the last
+    /// [`CUT_WINDOW`].
+    cut_acquisitions: BTreeMap<(u32, usize), std::collections::VecDeque<u64>>,
+    /// The most acquisitions of one resource by one node within [`CUT_WINDOW`] of a
+    /// one-way cut.
+    pub cut_acquisitions_max: u64,
 }
 
 impl Checks {
@@ -153,7 +167,10 @@ impl Checks {
             false_downs: 0,
             effects: Effects::default(),
             stable_loss: plan.loss <= 0.05 && plan.burst.is_none(),
+            workload_churn: plan.kinds.contains(&"churn"),
             ongoing: false,
+            cut_acquisitions: BTreeMap::new(),
+            cut_acquisitions_max: 0,
         }
     }
 
@@ -342,6 +359,26 @@ impl World {
                     resource_name(r)
                 ),
             );
+        }
+        if matches!(self.net.partition, Partition::OneWay { .. }) && !self.checks.workload_churn {
+            self.checks.checks += 1;
+            let window = self.checks.cut_acquisitions.entry((i, r)).or_default();
+            window.push_back(now);
+            while window.front().is_some_and(|t| *t + CUT_WINDOW <= now) {
+                window.pop_front();
+            }
+            let n = window.len();
+            self.checks.cut_acquisitions_max = self.checks.cut_acquisitions_max.max(n as u64);
+            if n > CUT_ACQUISITIONS {
+                self.checks.violate(
+                    "bounded-acquisitions-one-way-cut",
+                    now,
+                    format!(
+                        "n{i} acquired {} {n} times within 60 s of a one-way cut",
+                        resource_name(r)
+                    ),
+                );
+            }
         }
         self.check_components(Some(r));
         let quiet = now >= self.checks.boot_end + SETTLE

@@ -121,6 +121,9 @@ pub struct Metrics {
     pub boot_convergence_ms: Option<u64>,
     pub handoff_ms: Percentiles,
     pub ownership_changes: u64,
+    /// The most times one node acquired one resource within 60 s while a one-way cut was
+    /// in effect.
+    pub cut_acquisitions_max: u64,
     pub false_downs: u64,
     pub dropped_by_partition: u64,
     pub bytes_per_node_per_s: f64,
@@ -205,6 +208,7 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
             boot_convergence_ms: w.checks.boot_convergence_ms,
             handoff_ms: Percentiles::of(&w.checks.handoffs),
             ownership_changes: w.checks.ownership_changes,
+            cut_acquisitions_max: w.checks.cut_acquisitions_max,
             false_downs: w.checks.false_downs,
             dropped_by_partition: w.net.dropped_by_partition,
             bytes_per_node_per_s: w.bytes as f64 / config.nodes as f64 / sim_seconds,

@@ -29,6 +29,9 @@ pub enum Scenario {
     PartitionMinority,
     /// The holder of `r0` is cut from everyone for 20 s, every 40 s.
     IsolateOwner,
+    /// Every 90 s the holder of `r0` loses its outgoing packets for 30 s (it hears everyone,
+    /// nobody hears it); 45 s later a node that holds nothing does.
+    OneWayCut,
     /// Every 5 s the next node restarts (new boot, same name and address).
     RollingRestart,
     /// Every 5 s the next node shuts down gracefully (hands its leases over, leaves the
@@ -51,13 +54,14 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in CLI order.
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::Steady,
         Scenario::CrashOwner,
         Scenario::CrashOwnerRestarting,
         Scenario::PartitionHalves,
         Scenario::PartitionMinority,
         Scenario::IsolateOwner,
+        Scenario::OneWayCut,
         Scenario::RollingRestart,
         Scenario::RollingLeave,
         Scenario::Flap,
@@ -75,6 +79,7 @@ impl Scenario {
             Scenario::PartitionHalves => "partition-halves",
             Scenario::PartitionMinority => "partition-minority",
             Scenario::IsolateOwner => "isolate-owner",
+            Scenario::OneWayCut => "one-way-cut",
             Scenario::RollingRestart => "rolling-restart",
             Scenario::RollingLeave => "rolling-leave",
             Scenario::Flap => "flap",
@@ -96,6 +101,7 @@ impl Scenario {
             Scenario::PartitionHalves
                 | Scenario::PartitionMinority
                 | Scenario::IsolateOwner
+                | Scenario::OneWayCut
                 | Scenario::Reschedule
                 | Scenario::Flap
         )
@@ -127,6 +133,9 @@ pub enum Fault {
     Partition(Partition),
     /// Cut the holder of the resource from everyone.
     IsolateHolder(usize),
+    /// Drop every packet a node sends (it still hears everyone): the holder of the
+    /// resource, or (false) an up node that competes for it and holds nothing.
+    CutOutgoing { resource: usize, holder: bool },
     /// Cut the holder of the resource from everyone and start a process with its name (and
     /// a newer boot) in place of another node that holds nothing; the replaced node's
     /// process is crashed first.
@@ -317,6 +326,25 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                 faults.push((t, Fault::IsolateHolder(0)));
                 faults.push((t + 20 * S, Fault::HealNetwork));
                 t += 40 * S;
+            }
+        }
+        Scenario::OneWayCut => {
+            kinds.push("partition");
+            let mut t = c0;
+            while t + 35 * S < c1 {
+                for holder in [true, false] {
+                    if t + 35 * S < c1 {
+                        faults.push((
+                            t,
+                            Fault::CutOutgoing {
+                                resource: 0,
+                                holder,
+                            },
+                        ));
+                        faults.push((t + 30 * S, Fault::HealNetwork));
+                    }
+                    t += 45 * S;
+                }
             }
         }
         Scenario::Flap => {

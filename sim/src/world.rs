@@ -776,6 +776,30 @@ impl World {
                 self.net.partition = p;
                 self.checks.disturbed(now, true);
             }
+            Fault::CutOutgoing { resource, holder } => {
+                let node = if holder {
+                    self.holder_of(resource)
+                } else {
+                    let idle: Vec<u32> = (0..self.plan.nodes as u32)
+                        .filter(|&v| {
+                            self.nodes[v as usize].up()
+                                && self.competing[v as usize][resource]
+                                && self.holders.iter().all(|h| !h.contains(&v))
+                        })
+                        .collect();
+                    (!idle.is_empty()).then(|| idle[self.rng.random_range(0..idle.len())])
+                };
+                if let Some(i) = node {
+                    let mut group = vec![0u8; self.plan.nodes];
+                    group[i as usize] = 1;
+                    self.net.partition = Partition::OneWay {
+                        group,
+                        from: 1,
+                        to: 0,
+                    };
+                    self.checks.disturbed(now, true);
+                }
+            }
             Fault::IsolateHolder(r) => {
                 if let Some(i) = self.holder_of(r) {
                     self.isolate(i);

@@ -377,6 +377,8 @@ impl Core {
         let superseded = self.state == NodeState::Superseded;
         let keep_when_displaced = self.bug(|b| b.never_yield_when_displaced);
         let hold_off = !self.bug(|b| b.acquire_before_synced);
+        // A disconnected node that still hears the fleet does not run alone.
+        let alone_barred = !self.active && !self.may_run_alone(now);
         let Some(claim) = self.claims.get_mut(resource) else {
             return;
         };
@@ -416,9 +418,14 @@ impl Core {
             }
             LeaseState::Lost { .. } => {}
             LeaseState::Idle => {
-                if !(claim.candidate() && desired && self.ready && !self.leaving && !superseded) {
+                if !(claim.candidate() && desired && self.ready && !self.leaving && !superseded)
+                    || alone_barred
+                {
                     claim.blocked_since.clear();
                     claim.missing_blocked_since = None;
+                    if alone_barred {
+                        self.check_alone_later();
+                    }
                     return;
                 }
                 // A node that just became ready waits one probe round trip, so that an

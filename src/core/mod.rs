@@ -46,7 +46,8 @@ type FocaInstance = Foca<NodeId, PostcardCodec, Xoshiro256PlusPlus, RecordHandle
 /// What a node is doing, as it reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum NodeState {
-    /// Started, not yet synced with the fleet.
+    /// Not connected to the fleet: started and not yet synced, or it lost every member
+    /// but still hears from some (it reconnects, and does not run alone meanwhile).
     Joining,
     /// Synced with the fleet and competing.
     Active,
@@ -234,6 +235,11 @@ pub fn is_scoped(addr: &SocketAddr) -> bool {
     matches!(addr, SocketAddr::V6(a) if a.scope_id() != 0)
 }
 
+/// How far back losses of every member count towards the candidacy bar.
+const REJOIN_WINDOW: Duration = Duration::from_secs(120);
+/// The longest candidacy bar.
+const REJOIN_BAR_MAX: Duration = Duration::from_secs(120);
+
 /// Members of its view a node announces to, besides the seeds, when it must reconnect.
 const ANNOUNCE_TO_MEMBERS: usize = 3;
 
@@ -272,6 +278,9 @@ pub struct Stats {
     pub escapes: u64,
     /// Times this node became ready while records it could not get were still missing.
     pub ready_escapes: u64,
+    /// Times this node stayed out of the candidates after it lost every member and
+    /// connected again (its packets may not get out).
+    pub rejoin_bars: u64,
     /// Changes of this node's view (members or their records).
     pub view_changes: u64,
     /// Members seen turning suspect (with `report_suspicions`).
@@ -286,14 +295,28 @@ pub struct Stats {
 /// A timer of the core: foca's (tagged with the foca instance) or the election's own.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum CoreTimer {
-    Foca { instance: u32, timer: Timer<NodeId> },
+    Foca {
+        instance: u32,
+        timer: Timer<NodeId>,
+    },
     Announce,
     SyncTimeout,
     Repair,
     AntiEntropy,
-    Handoff { resource: String, lease: LeaseId },
-    Backoff { resource: String },
-    Escape { resource: String },
+    Handoff {
+        resource: String,
+        lease: LeaseId,
+    },
+    Backoff {
+        resource: String,
+    },
+    Escape {
+        resource: String,
+    },
+    /// A disconnected node may run alone if it has heard nobody since.
+    AloneCheck,
+    /// The bar on candidacy after repeated losses of every member ends.
+    RejoinBar,
     LeaveDeadline,
 }
 
@@ -352,6 +375,16 @@ pub struct Core {
     namesakes_reported: BTreeSet<SocketAddr>,
     /// The last name seen at each address, so a member that went down keeps its name.
     known_names: BTreeMap<SocketAddr, String>,
+    /// When a datagram last arrived from a member, a former member or a seed.
+    last_heard: Option<Duration>,
+    /// When the pending [`CoreTimer::AloneCheck`] fires, if one is scheduled.
+    alone_check_at: Option<Duration>,
+    /// When the node lost every member (not by their leaving), within the last
+    /// [`REJOIN_WINDOW`].
+    idles: VecDeque<Duration>,
+    /// Out of the candidates until then, or until a member answers (see
+    /// [`Core::rejoined_after_idle`]).
+    rejoin_bar_until: Option<Duration>,
     /// Live members that said they are leaving gracefully.
     leavers: BTreeSet<SocketAddr>,
     /// Whether the member that went last had said it was leaving.
@@ -448,6 +481,10 @@ impl Core {
             reported: BTreeMap::new(),
             known_names: BTreeMap::new(),
             namesakes_reported: BTreeSet::new(),
+            last_heard: None,
+            alone_check_at: None,
+            idles: VecDeque::new(),
+            rejoin_bar_until: None,
             leavers: BTreeSet::new(),
             last_gone_left: false,
             suspects: BTreeSet::new(),
@@ -693,7 +730,15 @@ impl Core {
         }
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += data.len() as u64;
-        match wire::decode(data) {
+        let decoded = wire::decode(data);
+        if decoded.is_ok()
+            && (self.view.members.contains_key(&from)
+                || self.known_names.contains_key(&from)
+                || self.cfg.seeds.contains(&from))
+        {
+            self.last_heard = Some(now);
+        }
+        match decoded {
             Err(reason) => self.drop_datagram(from, reason),
             Ok(Datagram::Foca(packet)) => {
                 if self.leaving && !self.active {
@@ -814,6 +859,15 @@ impl Core {
             CoreTimer::Backoff { resource } => self.backoff_expired(now, &resource),
             CoreTimer::Escape { resource } => {
                 self.dirty.insert(resource);
+            }
+            CoreTimer::RejoinBar => {
+                if self.rejoin_bar_until.is_some_and(|t| t <= now) {
+                    self.lift_rejoin_bar(now);
+                }
+            }
+            CoreTimer::AloneCheck => {
+                self.alone_check_at = None;
+                self.evaluate_claims = true;
             }
             CoreTimer::LeaveDeadline => self.finish_leave(now, true),
         }
@@ -1059,9 +1113,13 @@ impl Core {
                 self.members_answer = None;
                 self.members_asked = None;
                 self.request_members(now, None);
+                self.rejoined_after_idle(now);
             }
             OwnedNotification::Idle => {
                 if !self.leaving {
+                    if !self.last_gone_left {
+                        self.idles.push_back(now);
+                    }
                     if self.last_gone_left {
                         info!("the last member left the fleet: rebuilding the membership instance");
                     } else {
@@ -1105,6 +1163,49 @@ impl Core {
                 }
                 self.reconnect(now);
             }
+        }
+    }
+
+    /// The node connected again after it lost every member: it was not alone after all.
+    /// Hearing the fleet while the fleet does not hear it (its packets do not get out, a
+    /// one-way cut) looks just like this, and each time it would take tickets and give
+    /// them back. So it stays out of the candidates until a member answers one of its
+    /// requests (proof that its packets get out, usually within one anti-entropy period),
+    /// or [`REJOIN_BAR_MAX`] at most.
+    fn rejoined_after_idle(&mut self, now: Duration) {
+        while self
+            .idles
+            .front()
+            .is_some_and(|t| *t + REJOIN_WINDOW <= now)
+        {
+            self.idles.pop_front();
+        }
+        if self.idles.is_empty() {
+            return;
+        }
+        let until = now + REJOIN_BAR_MAX;
+        if self.rejoin_bar_until.is_some() {
+            return;
+        }
+        info!(
+            losses = self.idles.len(),
+            "lost every member yet connected again: out of the candidates until a member \
+             answers (this node's packets may not get out)"
+        );
+        self.stats.rejoin_bars += 1;
+        self.rejoin_bar_until = Some(until);
+        self.schedule(until, CoreTimer::RejoinBar);
+        self.bump_record(now);
+        self.evaluate_claims = true;
+    }
+
+    /// A member answered this node: its packets get out, so it may compete again.
+    pub(super) fn lift_rejoin_bar(&mut self, now: Duration) {
+        if self.rejoin_bar_until.take().is_some() {
+            debug!("a member answered: competing again");
+            self.idles.clear();
+            self.bump_record(now);
+            self.evaluate_claims = true;
         }
     }
 
@@ -1355,7 +1456,9 @@ impl Core {
                 .map(|(resource, c)| Claim {
                     resource: resource.clone(),
                     tickets: c.tickets,
-                    candidate: c.candidate() && self.state != NodeState::Superseded,
+                    candidate: c.candidate()
+                        && self.state != NodeState::Superseded
+                        && self.rejoin_bar_until.is_none(),
                     held: c.held(),
                 })
                 .collect(),
@@ -1408,7 +1511,7 @@ impl Core {
             self.set_ready(now);
         }
         self.check_superseded(now);
-        self.update_state();
+        self.update_state(now);
         if self.cfg.report_suspicions {
             self.scan_suspects(now);
         }
@@ -1575,7 +1678,34 @@ impl Core {
         }
     }
 
-    fn update_state(&mut self) {
+    /// How long a disconnected node must hear nobody before it runs alone: one suspicion
+    /// and one announce-to-down period, in which a fleet that still runs would have
+    /// probed or announced to it.
+    fn alone_quiet(&self) -> Duration {
+        self.cfg.timing.suspect_to_down + self.cfg.timing.announce_to_down_interval
+    }
+
+    /// Whether a disconnected node may run alone: it has heard from no member, former
+    /// member or seed for [`Core::alone_quiet`]. A node that hears a fleet it cannot
+    /// reach (its outgoing packets are lost) is not alone: running alone it would take
+    /// tickets, rejoin at the next announce, yield, and again.
+    fn may_run_alone(&self, now: Duration) -> bool {
+        self.last_heard
+            .is_none_or(|t| now >= t + self.alone_quiet())
+    }
+
+    /// Schedules a look at whether the node may run alone, when its quiet time ends.
+    fn check_alone_later(&mut self) {
+        if let Some(heard) = self.last_heard {
+            let at = heard + self.alone_quiet();
+            if self.alone_check_at.is_none_or(|t| t < at) {
+                self.alone_check_at = Some(at);
+                self.schedule(at, CoreTimer::AloneCheck);
+            }
+        }
+    }
+
+    fn update_state(&mut self, now: Duration) {
         if matches!(
             self.state,
             NodeState::Superseded | NodeState::Left | NodeState::Leaving
@@ -1588,8 +1718,11 @@ impl Core {
             NodeState::Joining
         } else if self.active {
             NodeState::Active
-        } else {
+        } else if self.may_run_alone(now) {
             NodeState::Alone
+        } else {
+            self.check_alone_later();
+            NodeState::Joining
         };
         if state != self.state {
             info!(from = %self.state, to = %state, "state changed");

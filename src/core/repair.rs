@@ -210,7 +210,7 @@ impl Core {
 
     pub(super) fn answer_versions(
         &mut self,
-        _now: Duration,
+        now: Duration,
         from: SocketAddr,
         buckets: u32,
         entries: &[(SocketAddr, u64, u64)],
@@ -222,8 +222,12 @@ impl Core {
             // "Same view" counts only from the member this node last sent a digest to.
             if self.digest_sent_to == Some(from) {
                 self.view_confirmed = true;
+                self.lift_rejoin_bar(now);
             }
             return;
+        }
+        if self.digest_sent_to == Some(from) {
+            self.lift_rejoin_bar(now);
         }
         let mut push: Vec<Record> = Vec::new();
         let mut request: Vec<SocketAddr> = Vec::new();
@@ -361,6 +365,8 @@ impl Core {
             self.members_answer = None;
             self.members_synced = true;
         }
+        // An answer to this node's request: its packets get out.
+        self.lift_rejoin_bar(now);
         self.apply_members(now, from, members);
     }
 
