@@ -12,6 +12,7 @@
 //! | L2 | `failover-after-crash` | after a holder crashes on a healthy network, another holder appears within suspicion + probe period + 2 s |
 //! | L3 | `no-flap-when-stable` | once converged after the heal, with loss ≤ 5 %, no ownership changes |
 //! | L4 | `bounded-acquisitions-one-way-cut` | while a one-way cut is in effect (and the workload does not churn), no node acquires a resource more than twice in any 60 s (a node that hears the fleet but cannot reach it must not flap between running alone and rejoining) |
+//! | L5 | `no-stale-downs-after-cut` | within 5 s after a one-way cut of a node heals, no other node declares a live member (other than the cut node) down: the cut node's suspicions, raised while its packets did not get out, must not reach the fleet |
 //! | H1 | `every-node-becomes-active` | an up node that started with no fault in effect, and had none since, is connected (or alone) within 15 s |
 //! | H2 | `members-within-addresses` | no node's membership exceeds the distinct addresses |
 //! | C | `coverage:*` | a run whose plan partitions the network dropped packets at a partition; an owner crash hit an owner |
@@ -43,6 +44,8 @@ pub const HOLD: u64 = 3 * S;
 pub const CUT_ACQUISITIONS: usize = 2;
 /// L4's window.
 pub const CUT_WINDOW: u64 = 60 * S;
+/// How long after a one-way cut heals a down of another member counts as stale.
+pub const STALE_WINDOW: u64 = 5 * S;
 /// H1's bound.
 pub const ACTIVE_WITHIN: u64 = 15 * S;
 
@@ -134,6 +137,14 @@ pub struct Checks {
     /// The most acquisitions of one resource by one node within [`CUT_WINDOW`] of a
     /// one-way cut.
     pub cut_acquisitions_max: u64,
+    /// The node whose outgoing packets are cut now, if any.
+    pub cut_node: Option<u32>,
+    /// When the last one-way cut of a node healed, and which node it was.
+    pub cut_healed: Option<(u64, u32)>,
+    /// Live members other than the cut node declared down by other nodes within
+    /// [`STALE_WINDOW`] after a one-way cut healed: stale suspicions of the cut node
+    /// reaching the fleet.
+    pub downs_after_cut: u64,
 }
 
 impl Checks {
@@ -171,6 +182,9 @@ impl Checks {
             ongoing: false,
             cut_acquisitions: BTreeMap::new(),
             cut_acquisitions_max: 0,
+            cut_node: None,
+            cut_healed: None,
+            downs_after_cut: 0,
         }
     }
 
@@ -254,6 +268,22 @@ impl Checks {
         } else {
             // The failure detector erred (loss): available mode then elects on both sides.
             self.last_false_down = self.last_false_down.max(at);
+        }
+    }
+
+    /// Node `i` declared live member `j` down on a whole network. (The cut node itself
+    /// drops its own view when it rebuilds its membership: not counted.)
+    pub fn down_after_cut(&mut self, at: u64, i: u32, j: u32) {
+        if self
+            .cut_healed
+            .is_some_and(|(healed, cut)| i != cut && j != cut && at < healed + STALE_WINDOW)
+        {
+            self.downs_after_cut += 1;
+            self.violate(
+                "no-stale-downs-after-cut",
+                at,
+                format!("n{i} declared the live n{j} down just after a one-way cut healed"),
+            );
         }
     }
 

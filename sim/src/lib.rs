@@ -124,6 +124,9 @@ pub struct Metrics {
     /// The most times one node acquired one resource within 60 s while a one-way cut was
     /// in effect.
     pub cut_acquisitions_max: u64,
+    /// Live members other than the cut-off node declared down (by the other nodes) within
+    /// 5 s after a one-way cut healed.
+    pub downs_after_cut: u64,
     pub false_downs: u64,
     pub dropped_by_partition: u64,
     pub bytes_per_node_per_s: f64,
@@ -209,6 +212,7 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
             handoff_ms: Percentiles::of(&w.checks.handoffs),
             ownership_changes: w.checks.ownership_changes,
             cut_acquisitions_max: w.checks.cut_acquisitions_max,
+            downs_after_cut: w.checks.downs_after_cut,
             false_downs: w.checks.false_downs,
             dropped_by_partition: w.net.dropped_by_partition,
             bytes_per_node_per_s: w.bytes as f64 / config.nodes as f64 / sim_seconds,

@@ -665,6 +665,9 @@ impl World {
                     if slot.up() && slot.boot == id.boot() {
                         self.checks
                             .false_down(self.now, self.net.partition != Partition::None);
+                        if self.net.partition == Partition::None {
+                            self.checks.down_after_cut(self.now, i, j);
+                        }
                     }
                 }
             }
@@ -790,6 +793,7 @@ impl World {
                     (!idle.is_empty()).then(|| idle[self.rng.random_range(0..idle.len())])
                 };
                 if let Some(i) = node {
+                    self.checks.cut_node = Some(i);
                     let mut group = vec![0u8; self.plan.nodes];
                     group[i as usize] = 1;
                     self.net.partition = Partition::OneWay {
@@ -846,6 +850,9 @@ impl World {
                 }
             }
             Fault::HealNetwork => {
+                if let Some(cut) = self.checks.cut_node.take() {
+                    self.checks.cut_healed = Some((now, cut));
+                }
                 self.net.partition = Partition::None;
                 self.checks.disturbed(now, true);
                 self.checks.heal(now, false);

@@ -862,7 +862,7 @@ impl Core {
             }
             CoreTimer::RejoinBar => {
                 if self.rejoin_bar_until.is_some_and(|t| t <= now) {
-                    self.lift_rejoin_bar(now);
+                    self.end_rejoin_bar(now);
                 }
             }
             CoreTimer::AloneCheck => {
@@ -1087,6 +1087,14 @@ impl Core {
                 debug!(member = %id.addr(), boot = id.boot(), "member down");
                 if self.view.members.get(&id.addr()) == Some(&id) {
                     self.member_gone(now, id);
+                    // A node whose packets may not get out has no standing to declare
+                    // anyone down: its failed probes prove nothing of the member. The
+                    // instance is rebuilt, so the down is never gossiped (it would reach
+                    // the fleet when the cut heals and make a live member rejoin).
+                    if self.rejoin_bar_until.is_some() && !self.last_gone_left && !self.leaving {
+                        info!(member = %id.addr(), "declared a member down while this node's packets may not get out: rebuilding the membership instance");
+                        self.rebuild_foca(now);
+                    }
                 }
             }
             OwnedNotification::Rename(old, new) => {
@@ -1199,10 +1207,24 @@ impl Core {
         self.evaluate_claims = true;
     }
 
-    /// A member answered this node: its packets get out, so it may compete again.
+    /// A member answered this node: its packets get out. It competes again once the
+    /// suspicions it raised while they did not have run out (one suspicion time and one
+    /// probe period): a member it declares down meanwhile is not gossiped (see the
+    /// `MemberDown` notification).
     pub(super) fn lift_rejoin_bar(&mut self, now: Duration) {
+        if self.rejoin_bar_until.is_none() || self.idles.is_empty() {
+            return;
+        }
+        debug!("a member answered: competing again after the suspicions run out");
+        self.idles.clear();
+        let until = now + self.cfg.timing.suspect_to_down + self.cfg.timing.probe_period;
+        self.rejoin_bar_until = Some(until);
+        self.schedule(until, CoreTimer::RejoinBar);
+    }
+
+    /// The candidacy bar ends.
+    fn end_rejoin_bar(&mut self, now: Duration) {
         if self.rejoin_bar_until.take().is_some() {
-            debug!("a member answered: competing again");
             self.idles.clear();
             self.bump_record(now);
             self.evaluate_claims = true;
