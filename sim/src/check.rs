@@ -14,7 +14,7 @@
 //! | L4 | `bounded-acquisitions-one-way-cut` | while a one-way cut is in effect (and the workload does not churn), no node acquires a resource more than twice in any 60 s (a node that hears the fleet but cannot reach it must not flap between running alone and rejoining) |
 //! | L5 | `no-stale-downs-after-cut` | within 5 s after a one-way cut of a node heals, no other node declares a live member (other than the cut node) down: the cut node's suspicions, raised while its packets did not get out, must not reach the fleet |
 //! | H1 | `every-node-becomes-active` | an up node that started with no fault in effect, and had none since, is connected (or alone) within 15 s |
-//! | H2 | `members-within-addresses` | no node's membership exceeds the distinct addresses |
+//! | H2 | `members-within-addresses` | no node's membership exceeds the distinct addresses (the slots, plus addresses retired within the time down members are kept and a minute), and neither does any other table it keeps per address (records, names, loss times, down members) |
 //! | C | `coverage:*` | a run whose plan partitions the network dropped packets at a partition; an owner crash hit an owner |
 
 use std::collections::BTreeMap;
@@ -137,6 +137,9 @@ pub struct Checks {
     /// The most acquisitions of one resource by one node within [`CUT_WINDOW`] of a
     /// one-way cut.
     pub cut_acquisitions_max: u64,
+    /// When each retired address was retired, oldest first (see [`Checks::address_retired`]).
+    retired: std::collections::VecDeque<u64>,
+    retired_total: u64,
     /// The node whose outgoing packets are cut now, if any.
     pub cut_node: Option<u32>,
     /// When the last one-way cut of a node healed, and which node it was.
@@ -182,6 +185,8 @@ impl Checks {
             ongoing: false,
             cut_acquisitions: BTreeMap::new(),
             cut_acquisitions_max: 0,
+            retired: std::collections::VecDeque::new(),
+            retired_total: 0,
             cut_node: None,
             cut_healed: None,
             downs_after_cut: 0,
@@ -269,6 +274,28 @@ impl Checks {
             // The failure detector erred (loss): available mode then elects on both sides.
             self.last_false_down = self.last_false_down.max(at);
         }
+    }
+
+    /// A process moved to a fresh address: its old one may stay in memberships (as down)
+    /// for as long as the library keeps down members.
+    pub fn address_retired(&mut self, at: u64) {
+        self.retired.push_back(at);
+        self.retired_total += 1;
+    }
+
+    /// Addresses retired so far.
+    pub fn addresses_retired(&self) -> u64 {
+        self.retired_total
+    }
+
+    /// Addresses a membership may hold beyond the slots: those retired recently enough to
+    /// be kept as down members.
+    fn retired_recently(&mut self, now: u64) -> usize {
+        let keep = gossip_election::core::DORMANT_FOR.as_nanos() as u64 + 60 * S;
+        while self.retired.front().is_some_and(|t| *t + keep <= now) {
+            self.retired.pop_front();
+        }
+        self.retired.len()
     }
 
     /// Node `i` declared live member `j` down on a whole network. (The cut node itself
@@ -537,15 +564,24 @@ impl World {
         }
         // H2, every 10 s.
         if now % (10 * S) < S {
+            let addresses = self.plan.nodes + self.checks.retired_recently(now);
             for i in 0..self.plan.nodes {
                 if let Some(core) = self.nodes[i].core.as_ref() {
                     self.checks.checks += 1;
                     let members = core.membership().count();
-                    if members > self.plan.nodes {
-                        let detail = format!(
-                            "n{i} holds {members} members for {} addresses",
-                            self.plan.nodes
-                        );
+                    // Everything kept per address is bounded the same way.
+                    let oversized = core.address_tables().into_iter().find(|(table, n, _)| {
+                        // The other two are queues by time, not by address.
+                        *n > addresses && !matches!(*table, "records_unattached" | "dormant")
+                    });
+                    if let Some((table, n, _)) = oversized {
+                        let detail =
+                            format!("n{i} holds {n} entries in {table} for {addresses} addresses");
+                        self.checks.violate("members-within-addresses", now, detail);
+                    }
+                    if members > addresses {
+                        let detail =
+                            format!("n{i} holds {members} members for {addresses} addresses");
                         self.checks.violate("members-within-addresses", now, detail);
                     }
                 }
@@ -612,12 +648,12 @@ impl World {
                     core.members().map(|id| id.addr()).collect();
                 let lacks: Vec<String> = up
                     .iter()
-                    .filter(|&&j| j != i && !live.contains(&crate::world::addr(j as u32)))
+                    .filter(|&&j| j != i && !live.contains(&self.addr_of(j as u32)))
                     .take(3)
                     .map(|&j| {
                         let held = core
                             .membership()
-                            .find(|m| m.id().addr() == crate::world::addr(j as u32))
+                            .find(|m| m.id().addr() == self.addr_of(j as u32))
                             .map_or("unknown".to_string(), |m| {
                                 format!(
                                     "{:?} boot {} bump {}",
@@ -640,7 +676,7 @@ impl World {
             if self.nodes[i].fp != fp {
                 let other = self.nodes[first].core.as_ref().expect("up");
                 let version = |c: &gossip_election::core::Core, j: usize| {
-                    c.record(&crate::world::addr(j as u32))
+                    c.record(&self.addr_of(j as u32))
                         .map(|r| (r.boot, r.version))
                 };
                 let differing: Vec<String> = up

@@ -145,6 +145,8 @@ pub struct Report {
     pub trace_hash: String,
     pub violations: Vec<Violation>,
     pub metrics: Metrics,
+    /// The largest per-address tables of any node at each quarter of the run.
+    pub address_tables: Vec<world::TableSample>,
     /// The fault kinds the run's plan contained.
     pub faults: Vec<&'static str>,
     pub effects: Effects,
@@ -218,6 +220,7 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
             bytes_per_node_per_s: w.bytes as f64 / config.nodes as f64 / sim_seconds,
             checks: w.checks.checks,
         },
+        address_tables: std::mem::take(&mut w.tables),
         faults: kinds,
         effects: w.checks.effects.clone(),
         reproduce: config.reproduce(),

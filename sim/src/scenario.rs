@@ -32,6 +32,10 @@ pub enum Scenario {
     /// Every 90 s the holder of `r0` loses its outgoing packets for 30 s (it hears everyone,
     /// nobody hears it); 45 s later a node that holds nothing does.
     OneWayCut,
+    /// The second half of the nodes are short-lived workers: every 2 s each in turn stops
+    /// (crashes or leaves) and a new worker starts in its place at a fresh address under a
+    /// fresh name, competing for nothing. Per-address state must level off.
+    AddressChurn,
     /// Every 5 s the next node restarts (new boot, same name and address).
     RollingRestart,
     /// Every 5 s the next node shuts down gracefully (hands its leases over, leaves the
@@ -54,7 +58,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in CLI order.
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::Steady,
         Scenario::CrashOwner,
         Scenario::CrashOwnerRestarting,
@@ -62,6 +66,7 @@ impl Scenario {
         Scenario::PartitionMinority,
         Scenario::IsolateOwner,
         Scenario::OneWayCut,
+        Scenario::AddressChurn,
         Scenario::RollingRestart,
         Scenario::RollingLeave,
         Scenario::Flap,
@@ -80,6 +85,7 @@ impl Scenario {
             Scenario::PartitionMinority => "partition-minority",
             Scenario::IsolateOwner => "isolate-owner",
             Scenario::OneWayCut => "one-way-cut",
+            Scenario::AddressChurn => "address-churn",
             Scenario::RollingRestart => "rolling-restart",
             Scenario::RollingLeave => "rolling-leave",
             Scenario::Flap => "flap",
@@ -115,6 +121,9 @@ pub enum Fault {
     Crash(u32),
     /// Start a new instance (new boot, same name and address).
     Restart(u32),
+    /// Stop the node (leave gracefully or crash) and start a new worker in its slot at a
+    /// fresh address under a fresh name.
+    Reincarnate { node: u32, graceful: bool },
     /// Restart at once (drop the instance, start a new boot) an up node that does not
     /// compete for the resource; a planned restart, not a fault.
     BounceBystander(usize),
@@ -233,10 +242,10 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
         .collect();
     // In `crash-owner-restarting` the last third of the nodes compete for nothing: their
     // records, when they restart, say nothing about any resource.
-    let bystanders = if input.scenario == Scenario::CrashOwnerRestarting {
-        (n / 3).max(1)
-    } else {
-        0
+    let bystanders = match input.scenario {
+        Scenario::CrashOwnerRestarting => (n / 3).max(1),
+        Scenario::AddressChurn => n - n / 2,
+        _ => 0,
     };
     let competes: Vec<Vec<bool>> = (0..n)
         .map(|i| {
@@ -344,6 +353,22 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                         faults.push((t + 30 * S, Fault::HealNetwork));
                     }
                     t += 45 * S;
+                }
+            }
+        }
+        Scenario::AddressChurn => {
+            kinds.push("restart");
+            let transient: Vec<u32> = (n / 2..n).map(|i| i as u32).collect();
+            let step = 2 * S / transient.len().max(1) as u64;
+            let mut t = c0;
+            'churn: loop {
+                for &node in &transient {
+                    if t >= c1 {
+                        break 'churn;
+                    }
+                    let graceful = rng.random_bool(0.5);
+                    faults.push((t, Fault::Reincarnate { node, graceful }));
+                    t += step;
                 }
             }
         }

@@ -29,11 +29,15 @@ pub(crate) fn stream(seed: u64, tag: u64) -> Xoshiro256PlusPlus {
     Xoshiro256PlusPlus::seed_from_u64(splitmix64(seed ^ splitmix64(tag)))
 }
 
-/// The address of node `i` (a label: nothing is sent anywhere).
-pub fn addr(i: u32) -> SocketAddr {
+/// The port every slot's first process uses.
+pub const FIRST_PORT: u16 = 7946;
+
+/// The address of node `i` on `port`: a slot whose processes get fresh addresses moves to
+/// the next port with each (`address-churn`).
+pub fn addr_at(i: u32, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(
         Ipv4Addr::new(127, 1, (i >> 8) as u8, (i & 0xff) as u8),
-        7946,
+        port,
     ))
 }
 
@@ -60,6 +64,8 @@ pub(crate) enum Ev {
     Deliver {
         to: u32,
         from: u32,
+        /// The ports of the two addresses (a slot may have moved since).
+        ports: (u16, u16),
         data: Vec<u8>,
     },
     Wake {
@@ -103,6 +109,26 @@ impl Ev {
     }
 }
 
+/// The largest per-address tables of any up node at one instant.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TableSample {
+    /// Simulated seconds.
+    pub at_s: u64,
+    /// Distinct addresses used so far.
+    pub addresses: u64,
+    pub tables: Vec<TableSize>,
+}
+
+/// One table's size.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TableSize {
+    pub table: &'static str,
+    /// Entries (the most of any up node).
+    pub entries: usize,
+    /// Approximate bytes (the most of any up node).
+    pub bytes: usize,
+}
+
 /// One node slot: the instance (if up) and what the world knows about it.
 pub(crate) struct Slot {
     pub core: Option<Core>,
@@ -115,7 +141,7 @@ pub(crate) struct Slot {
     base_t: u64,
     base_local: u64,
     pub paused_until: u64,
-    backlog: Vec<(u32, Vec<u8>)>,
+    backlog: Vec<(SocketAddr, Vec<u8>)>,
     wake_at: Option<u64>,
     pub started: u64,
     pub ever_active: bool,
@@ -130,6 +156,10 @@ pub(crate) struct Slot {
     fp_out: u64,
     /// This node's outgoing links and its own random stream.
     links: Links,
+    /// The port of its current address.
+    pub port: u16,
+    /// Its next process starts at a fresh address (the next port) under a fresh name.
+    fresh_on_restart: bool,
 }
 
 impl Slot {
@@ -178,6 +208,8 @@ pub struct World {
     /// Whether the workload wants node i to compete for resource r.
     pub(crate) competing: Vec<Vec<bool>>,
     pub(crate) checks: Checks,
+    /// Per-address table sizes at each quarter of the run.
+    pub(crate) tables: Vec<TableSample>,
     trace: Option<Box<dyn Write>>,
     pub(crate) hash: u64,
     pub(crate) events: u64,
@@ -216,6 +248,8 @@ impl World {
                 base_local: 0,
                 paused_until: 0,
                 backlog: Vec::new(),
+                port: FIRST_PORT,
+                fresh_on_restart: false,
                 wake_at: None,
                 started: 0,
                 ever_active: false,
@@ -244,6 +278,7 @@ impl World {
             told: vec![BTreeSet::new(); resources],
             competing,
             checks,
+            tables: Vec::new(),
             trace,
             hash: splitmix64(seed),
             events: 0,
@@ -506,6 +541,7 @@ impl World {
             Ev::Fault(fault) => self.fault(fault),
             Ev::Sample => {
                 self.sample();
+                self.sample_tables();
                 let next = if self.checks.converging() {
                     200 * MS
                 } else {
@@ -530,8 +566,15 @@ impl World {
             return;
         }
         let now = self.now;
-        let seeds: Vec<SocketAddr> = (0..self.plan.nodes.min(3) as u32).map(addr).collect();
+        let seeds: Vec<SocketAddr> = (0..self.plan.nodes.min(3) as u32)
+            .map(|s| self.addr_of(s))
+            .collect();
         let slot = &mut self.nodes[i as usize];
+        if std::mem::take(&mut slot.fresh_on_restart) {
+            slot.port = slot.port.wrapping_add(1).max(FIRST_PORT + 1);
+            slot.name = format!("n{i}-{}", slot.port);
+            self.checks.address_retired(now);
+        }
         slot.boot = boot;
         slot.epoch += 1;
         slot.paused_until = 0;
@@ -541,7 +584,7 @@ impl World {
         slot.ever_active = false;
         slot.alone = false;
         slot.rebase(now, slot.drift);
-        let mut cfg = CoreConfig::new(slot.name.clone(), addr(i), slot.boot);
+        let mut cfg = CoreConfig::new(slot.name.clone(), addr_at(i, slot.port), slot.boot);
         cfg.seeds = seeds;
         cfg.rng_seed = splitmix64(self.seed ^ splitmix64(u64::from(i) << 20 ^ slot.boot));
         cfg.bugs = self.bugs;
@@ -662,7 +705,7 @@ impl World {
             Event::MemberDown(id) => {
                 if let Some(j) = index(&id.addr()) {
                     let slot = &self.nodes[j as usize];
-                    if slot.up() && slot.boot == id.boot() {
+                    if slot.up() && slot.boot == id.boot() && slot.port == id.addr().port() {
                         self.checks
                             .false_down(self.now, self.net.partition != Partition::None);
                         if self.net.partition == Partition::None {
@@ -713,6 +756,42 @@ impl World {
         }
     }
 
+    /// At each quarter of the run, the largest per-address tables of any up node.
+    fn sample_tables(&mut self) {
+        let quarter = self.plan.duration / 4;
+        let due = quarter * (self.tables.len() as u64 + 1);
+        if self.tables.len() >= 4 || self.now < due {
+            return;
+        }
+        let mut largest: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
+        for slot in &self.nodes {
+            if let Some(core) = slot.core.as_ref() {
+                for (name, entries, bytes) in core.address_tables() {
+                    let e = largest.entry(name).or_default();
+                    e.0 = e.0.max(entries);
+                    e.1 = e.1.max(bytes);
+                }
+            }
+        }
+        self.tables.push(TableSample {
+            at_s: self.now / S,
+            addresses: self.checks.addresses_retired() + self.plan.nodes as u64,
+            tables: largest
+                .into_iter()
+                .map(|(table, (entries, bytes))| TableSize {
+                    table,
+                    entries,
+                    bytes,
+                })
+                .collect(),
+        });
+    }
+
+    /// The current address of node `i`.
+    pub(crate) fn addr_of(&self, i: u32) -> SocketAddr {
+        addr_at(i, self.nodes[i as usize].port)
+    }
+
     fn holder_of(&self, r: usize) -> Option<u32> {
         self.holders.get(r)?.iter().next().copied()
     }
@@ -734,6 +813,15 @@ impl World {
                 }
             }
             Fault::Restart(i) => self.start(i),
+            Fault::Reincarnate { node, graceful } => {
+                self.nodes[node as usize].fresh_on_restart = true;
+                if graceful {
+                    self.leave(node, 0);
+                } else {
+                    self.crash(node);
+                    self.start(node);
+                }
+            }
             Fault::BounceBystander(r) => {
                 let bystanders: Vec<u32> = (0..self.plan.nodes as u32)
                     .filter(|&v| self.nodes[v as usize].up() && !self.competing[v as usize][r])
@@ -1090,21 +1178,28 @@ impl<'a> NodeRun<'a> {
 
     fn dispatch(&mut self, t: u64, ev: Ev) {
         match ev {
-            Ev::Deliver { to, from, data } => {
-                if !self.slot.up() {
+            Ev::Deliver {
+                to,
+                from,
+                ports: (from_port, to_port),
+                data,
+            } => {
+                // A process at an address that no longer exists gets nothing.
+                if !self.slot.up() || self.slot.port != to_port {
                     return;
                 }
+                let from_addr = addr_at(from, from_port);
                 if self.env.net.partition.blocks(from, to) {
                     self.tally.cut += 1;
                     return;
                 }
                 if self.slot.paused_until > t {
-                    self.slot.backlog.push((from, data));
+                    self.slot.backlog.push((from_addr, data));
                     return;
                 }
                 let local = self.local(t);
                 if let Some(core) = self.slot.core.as_mut() {
-                    core.handle_datagram(local, addr(from), &data);
+                    core.handle_datagram(local, from_addr, &data);
                 }
                 self.after_core(t);
             }
@@ -1132,7 +1227,7 @@ impl<'a> NodeRun<'a> {
                 if let Some(core) = self.slot.core.as_mut() {
                     core.handle_timeout(local);
                     for (from, data) in backlog {
-                        core.handle_datagram(local, addr(from), &data);
+                        core.handle_datagram(local, from, &data);
                     }
                 }
                 self.after_core(t);
@@ -1204,8 +1299,18 @@ impl<'a> NodeRun<'a> {
                 Some((first, second)) => {
                     // The first copy, then the duplicate (if any); the last takes the data.
                     let (from, data) = (self.i, tx.data);
+                    let ports = (self.slot.port, tx.to.port());
                     match second {
-                        None => self.schedule(t, t + first, Ev::Deliver { to, from, data }),
+                        None => self.schedule(
+                            t,
+                            t + first,
+                            Ev::Deliver {
+                                to,
+                                from,
+                                ports,
+                                data,
+                            },
+                        ),
                         Some(dup) => {
                             let copy = data.clone();
                             self.schedule(
@@ -1214,10 +1319,20 @@ impl<'a> NodeRun<'a> {
                                 Ev::Deliver {
                                     to,
                                     from,
+                                    ports,
                                     data: copy,
                                 },
                             );
-                            self.schedule(t, t + dup, Ev::Deliver { to, from, data });
+                            self.schedule(
+                                t,
+                                t + dup,
+                                Ev::Deliver {
+                                    to,
+                                    from,
+                                    ports,
+                                    data,
+                                },
+                            );
                         }
                     }
                 }

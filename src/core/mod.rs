@@ -244,8 +244,12 @@ const REJOIN_BAR_MAX: Duration = Duration::from_secs(120);
 const ANNOUNCE_TO_MEMBERS: usize = 3;
 
 /// How long the record of a member that went down is kept, out of the view, for the case
-/// it comes back with the same boot.
-const DORMANT_FOR: Duration = Duration::from_secs(600);
+/// it comes back with the same boot; foca forgets down members after as long.
+pub const DORMANT_FOR: Duration = Duration::from_secs(600);
+
+/// How long a record of an address that is not a member is kept (it may be a member this
+/// node has not heard of yet).
+pub const UNATTACHED_FOR: Duration = Duration::from_secs(60);
 
 /// Counters, for metrics and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -401,9 +405,10 @@ pub struct Core {
     boot_step: u64,
     /// When foca last renewed this node's identity because it was declared down.
     last_rejoin: Option<Duration>,
-    /// Records of members that went down, oldest first: `(when, address, boot)`. Each is
-    /// forgotten [`DORMANT_FOR`] after its member went down, unless the member came back.
-    dormant: VecDeque<(Duration, SocketAddr, u64)>,
+    /// Members that went down, oldest first: `(when, address, boot of its record)`. What
+    /// is kept of each is forgotten [`DORMANT_FOR`] after it went down, unless the member
+    /// came back.
+    dormant: VecDeque<(Duration, SocketAddr, Option<u64>)>,
     next_lease: u64,
     started: Duration,
     stats: Stats,
@@ -648,6 +653,75 @@ impl Core {
         self.view.fingerprint()
     }
 
+    /// Entries and approximate bytes of every table this node keeps per address, by
+    /// table name: what must level off in a fleet whose workers get fresh addresses.
+    pub fn address_tables(&self) -> Vec<(&'static str, usize, usize)> {
+        use std::mem::size_of;
+        let store = self.store.borrow();
+        let record_bytes: usize = store
+            .records
+            .values()
+            .map(|r| {
+                size_of::<(SocketAddr, Record)>()
+                    + r.name.len()
+                    + r.claims
+                        .iter()
+                        .map(|c| size_of::<Claim>() + c.resource.len())
+                        .sum::<usize>()
+            })
+            .sum();
+        let names: usize = self
+            .known_names
+            .values()
+            .map(|n| size_of::<(SocketAddr, String)>() + n.len())
+            .sum();
+        let foca = self.foca.iter_membership_state().count();
+        let sized = |n: usize, each: usize| (n, n * each);
+        let rows = [
+            ("records", (store.records.len(), record_bytes)),
+            (
+                "records_unattached",
+                sized(store.unattached(), size_of::<(Duration, SocketAddr)>()),
+            ),
+            ("foca_members", sized(foca, size_of::<Member<NodeId>>())),
+            ("known_names", (self.known_names.len(), names)),
+            (
+                "lost_since",
+                sized(self.lost_since.len(), size_of::<(SocketAddr, Duration)>()),
+            ),
+            (
+                "reported",
+                sized(
+                    self.reported.len(),
+                    size_of::<(SocketAddr, (u64, Duration))>(),
+                ),
+            ),
+            (
+                "members_answered",
+                sized(
+                    self.members_answered.len(),
+                    size_of::<(SocketAddr, Duration)>(),
+                ),
+            ),
+            (
+                "namesakes_reported",
+                sized(self.namesakes_reported.len(), size_of::<SocketAddr>()),
+            ),
+            (
+                "leavers",
+                sized(self.leavers.len(), size_of::<SocketAddr>()),
+            ),
+            (
+                "dormant",
+                sized(
+                    self.dormant.len(),
+                    size_of::<(Duration, SocketAddr, Option<u64>)>(),
+                ),
+            ),
+        ];
+        rows.into_iter().map(|(n, (e, b))| (n, e, b)).collect()
+    }
+
     /// Live members whose current record this node lacks.
     pub fn missing_records(&self) -> usize {
         self.view.missing.len()
@@ -730,6 +804,7 @@ impl Core {
         }
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += data.len() as u64;
+        self.store.borrow_mut().now = now;
         let decoded = wire::decode(data);
         if decoded.is_ok()
             && (self.view.members.contains_key(&from)
@@ -794,8 +869,14 @@ impl Core {
                     return;
                 }
                 if instance == self.foca_instance && (self.active || !self.leaving) {
+                    // foca forgets down members after `DORMANT_FOR`, seeds too: put a
+                    // seed's placeholder back, so announces to down members keep trying it.
+                    let forgot_seed = matches!(&timer, Timer::RemoveDown(id) if self.cfg.seeds.contains(&id.addr()));
                     if let Err(err) = self.foca.handle_timer(timer, &mut self.runtime) {
                         debug!(%err, "foca timer failed");
+                    }
+                    if forgot_seed {
+                        self.seed_placeholders(now);
                     }
                     self.drain_runtime(now);
                 }
@@ -1290,28 +1371,41 @@ impl Core {
         // The record stays, out of the view, in case the member comes back with the same
         // boot (a healed partition, a false suspicion): the fleet then need not send it
         // again.
-        if let Some(record) = self.store.borrow().records.get(&addr) {
-            self.dormant.push_back((now, addr, record.boot));
-        }
+        let boot = self.store.borrow().records.get(&addr).map(|r| r.boot);
+        self.dormant.push_back((now, addr, boot));
         self.reindex(now, addr);
         self.events.push_back(Event::MemberDown(id));
         self.membership_changed();
     }
 
     /// Forgets the records of members down for [`DORMANT_FOR`].
+    ///
+    /// Everything else kept per address of a member that went down (its last name, when it
+    /// was lost, whether it was reported as an older namesake) goes with it, and records of
+    /// addresses that were never members expire after [`UNATTACHED_FOR`]: fleets whose
+    /// workers get fresh addresses must not leak.
     fn forget_dormant(&mut self, now: Duration) {
         while let Some(&(since, addr, boot)) = self.dormant.front() {
             if now < since + DORMANT_FOR {
                 break;
             }
             self.dormant.pop_front();
+            if self.view.members.contains_key(&addr) {
+                continue;
+            }
             let mut store = self.store.borrow_mut();
-            if !self.view.members.contains_key(&addr)
-                && store.records.get(&addr).is_some_and(|r| r.boot == boot)
-            {
+            if boot.is_some() && store.records.get(&addr).map(|r| r.boot) == boot {
                 store.records.remove(&addr);
             }
+            self.known_names.remove(&addr);
+            self.lost_since.remove(&addr);
+            self.namesakes_reported.remove(&addr);
+            self.leavers.remove(&addr);
         }
+        let members = &self.view.members;
+        self.store
+            .borrow_mut()
+            .expire_unattached(now, UNATTACHED_FOR, |a| members.contains_key(a));
     }
 
     /// Adds a live member to the view (and to what the store checks records against).

@@ -60,7 +60,10 @@ impl Timing {
         config.num_indirect_probes = nonzero(self.indirect_probes);
         config.suspect_to_down_after = self.suspect_to_down;
         config.max_transmissions = max_transmissions(cluster_size);
-        config.remove_down_after = None;
+        // Down members are kept as long as their records (`DORMANT_FOR`), then forgotten:
+        // fleets whose workers get fresh addresses must not leak. Seeds are put back as
+        // placeholders (`Core::seed_placeholders`), so partitions still heal through them.
+        config.remove_down_after = Some(super::DORMANT_FOR);
         config.max_packet_size = nonzero(MAX_DATAGRAM - ENVELOPE_LEN);
         config.notify_down_members = true;
         config.periodic_announce = Some(foca::PeriodicParams {

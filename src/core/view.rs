@@ -47,7 +47,15 @@ pub(crate) struct Store {
     pub own_seen: Option<(u64, u64)>,
     /// The boot of each live member (the view's members, kept here for [`Store::offer`]).
     pub live: HashMap<SocketAddr, u64, FixedState>,
+    /// The time of the input being handled (records of non-members are stamped with it).
+    pub now: std::time::Duration,
+    /// Records stored for addresses that were not members then, oldest first, with when:
+    /// expired by [`Store::expire_unattached`], and at most [`MAX_UNATTACHED`].
+    unattached: std::collections::VecDeque<(std::time::Duration, SocketAddr)>,
 }
+
+/// Most records kept for addresses that are not members.
+pub(crate) const MAX_UNATTACHED: usize = 4096;
 
 impl Store {
     pub fn new(own: SocketAddr) -> Self {
@@ -55,6 +63,8 @@ impl Store {
             own,
             own_seen: None,
             live: HashMap::default(),
+            now: std::time::Duration::ZERO,
+            unattached: std::collections::VecDeque::new(),
             records: HashMap::default(),
             changed: BTreeSet::new(),
             invalid: 0,
@@ -126,7 +136,42 @@ impl Store {
         {
             return false;
         }
-        self.store(record)
+        let addr = record.addr;
+        let stored = self.store(record);
+        if stored && !self.live.contains_key(&addr) {
+            self.unattached.push_back((self.now, addr));
+            if self.unattached.len() > MAX_UNATTACHED
+                && let Some((_, oldest)) = self.unattached.pop_front()
+                && !self.live.contains_key(&oldest)
+            {
+                self.records.remove(&oldest);
+            }
+        }
+        stored
+    }
+
+    /// Forgets records of addresses that have not been members since `ttl` ago (`member`
+    /// says which are members now).
+    pub fn expire_unattached(
+        &mut self,
+        now: std::time::Duration,
+        ttl: std::time::Duration,
+        member: impl Fn(&SocketAddr) -> bool,
+    ) {
+        while let Some(&(since, addr)) = self.unattached.front() {
+            if now < since + ttl {
+                break;
+            }
+            self.unattached.pop_front();
+            if !member(&addr) && !self.live.contains_key(&addr) {
+                self.records.remove(&addr);
+            }
+        }
+    }
+
+    /// How many records of non-members are being tracked for expiry.
+    pub fn unattached(&self) -> usize {
+        self.unattached.len()
     }
 
     /// Installs this node's own record.

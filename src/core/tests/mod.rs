@@ -13,6 +13,9 @@ mod liveness;
 /// `(deliver at, sequence, from, to, datagram)`.
 type InFlight = (Duration, u64, SocketAddr, SocketAddr, Vec<u8>);
 
+/// Decides whether a datagram `(now, from, to, data)` is lost.
+type Lose = Box<dyn FnMut(Duration, SocketAddr, SocketAddr, &[u8]) -> bool>;
+
 struct Fleet {
     now: Duration,
     nodes: BTreeMap<SocketAddr, Core>,
@@ -28,7 +31,7 @@ struct Fleet {
     /// The wall clock nodes start with (none: boots are not checked against a clock).
     wall_clock: Option<Duration>,
     /// Drops a datagram `(now, from, to, data)` when it returns true.
-    lose: Option<Box<dyn FnMut(Duration, SocketAddr, SocketAddr, &[u8]) -> bool>>,
+    lose: Option<Lose>,
 }
 
 fn addr(i: usize) -> SocketAddr {
