@@ -317,15 +317,27 @@ async fn events_show_suspicion_down_and_new_acquisition_after_a_crash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_headless_chromium_shows_members_and_owner() {
-    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+    let found = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .find(|b| {
             std::process::Command::new(b)
                 .arg("--version")
                 .output()
                 .is_ok()
-        })
-        .expect("chromium is installed (.ci/run installs Debian's chromium)");
+        });
+    let Some(chromium) = found else {
+        // .ci/run installs Debian's chromium and sets the variable, so CI never skips.
+        assert!(
+            std::env::var_os("GOSSIP_ELECTION_REQUIRE_ALL").is_none(),
+            "no chromium on PATH, and GOSSIP_ELECTION_REQUIRE_ALL is set"
+        );
+        // Straight to stderr: the test harness hides what `eprintln!` prints.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"skipped: dashboard_in_headless_chromium_shows_members_and_owner: needs chromium on PATH\n",
+        );
+        return;
+    };
     let (nodes, _candidacies) = debug_fleet_owning_echo().await;
     let url = format!("http://{}/", nodes[1].debug_addr().unwrap());
     let profile = std::env::temp_dir().join(format!("ge-chromium-{}", std::process::id()));
