@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | S1 | `bounded-owners-per-view` | among up nodes with identical views (same live members, same record versions), nodes holding `r` that were not told to stop ≤ tickets |
 //! | S2 | `bounded-owners-per-stable-component` | in a network component (a clique of the true network) with no fault and no false down (a live member declared down: available mode then elects on both sides) for the settle time, and loss ≤ 5 %, holders of `r` among its up nodes ≤ tickets; a node running alone (it reached nobody since it started) is a membership of its own until it joins, and the component is judged again the settle time after it joined |
-//! | P1 | `planned-move-bounded-owners` | with no fault for the settle time and a lossless network, holders of `r` ≤ tickets at every instant, through joins, releases and leaves (two moves by different nodes less than 1 s apart are concurrent: the second counts as a fault) |
+//! | P1 | `planned-move-bounded-owners` | with no fault for the settle time and a lossless network, holders of `r` ≤ tickets at every instant, through joins, releases and leaves (two moves by different nodes less than 1 s apart are concurrent: the second counts as a fault; so are two (re)started nodes becoming ready within four mean one-way latencies) |
 //! | S3 | `yield-after-drop` | a node yields a ticket unforced only after its application dropped the lease (a forced yield comes after the handoff timeout) |
 //! | L1 | `convergence-after-heal` | within 30 s of a heal that leaves no loss burst in effect (and no fault follows), every up node sees every up node, all views are equal, and each resource has min(tickets, candidates) holders, the desired ones |
 //! | L2 | `failover-after-crash` | after a holder crashes on a healthy network, another holder appears within suspicion + probe period + 2 s |
@@ -140,6 +140,8 @@ pub struct Checks {
     /// When each retired address was retired, oldest first (see [`Checks::address_retired`]).
     retired: std::collections::VecDeque<u64>,
     retired_total: u64,
+    /// When a (re)started node last became ready.
+    last_ready: Option<u64>,
     /// The node whose outgoing packets are cut now, if any.
     pub cut_node: Option<u32>,
     /// When the last one-way cut of a node healed, and which node it was.
@@ -187,6 +189,7 @@ impl Checks {
             cut_acquisitions_max: 0,
             retired: std::collections::VecDeque::new(),
             retired_total: 0,
+            last_ready: None,
             cut_node: None,
             cut_healed: None,
             downs_after_cut: 0,
@@ -274,6 +277,17 @@ impl Checks {
             // The failure detector erred (loss): available mode then elects on both sides.
             self.last_false_down = self.last_false_down.max(at);
         }
+    }
+
+    /// A node that (re)started became ready. Two that do within `window` (a few one-way
+    /// latencies) of each other each acquire before hearing of the other's acquisition: a
+    /// documented limit of concurrent start-up, so the second counts as a fault. Further
+    /// apart, the hold-off after becoming ready must keep them within tickets.
+    pub fn newcomer_ready(&mut self, at: u64, window: u64) {
+        if self.last_ready.is_some_and(|t| at < t + window) {
+            self.disturbed(at, false);
+        }
+        self.last_ready = Some(at);
     }
 
     /// A process moved to a fresh address: its old one may stay in memberships (as down)

@@ -85,6 +85,18 @@ impl RunConfig {
         if let Some(t) = self.tickets {
             cmd.push_str(&format!(" --tickets {t}"));
         }
+        let b = &self.bugs;
+        for (on, name) in [
+            (b.acquire_before_synced, "acquire-before-synced"),
+            (b.never_yield_when_displaced, "never-yield-when-displaced"),
+            (b.suspect_is_gone, "suspect-is-gone"),
+            (b.no_direct_repair, "no-direct-repair"),
+            (b.no_ready_hold_off, "no-ready-hold-off"),
+        ] {
+            if on {
+                cmd.push_str(&format!(" --plant {name}"));
+            }
+        }
         cmd
     }
 }

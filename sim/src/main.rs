@@ -73,6 +73,11 @@ struct RunArgs {
     /// result do not depend on it.
     #[arg(long)]
     threads: Option<usize>,
+    /// Plant a deliberate bug in every node, to see a checker catch it (repeatable):
+    /// acquire-before-synced, never-yield-when-displaced, suspect-is-gone,
+    /// no-direct-repair, no-ready-hold-off.
+    #[arg(long)]
+    plant: Vec<String>,
 }
 
 impl RunArgs {
@@ -115,6 +120,17 @@ impl RunArgs {
         });
         if config.threads == 0 {
             return Err("--threads must be at least 1".to_string());
+        }
+        for bug in &self.plant {
+            let b = &mut config.bugs;
+            match bug.as_str() {
+                "acquire-before-synced" => b.acquire_before_synced = true,
+                "never-yield-when-displaced" => b.never_yield_when_displaced = true,
+                "suspect-is-gone" => b.suspect_is_gone = true,
+                "no-direct-repair" => b.no_direct_repair = true,
+                "no-ready-hold-off" => b.no_ready_hold_off = true,
+                other => return Err(format!("unknown planted bug {other:?}")),
+            }
         }
         Ok(config)
     }

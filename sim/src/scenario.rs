@@ -36,6 +36,15 @@ pub enum Scenario {
     /// (crashes or leaves) and a new worker starts in its place at a fresh address under a
     /// fresh name, competing for nothing. Per-address state must level off.
     AddressChurn,
+    /// The second half of the nodes stop, and 30 s later start again 30 ms apart (a
+    /// deployment scaling up), every 60 s: newcomers become ready while others'
+    /// acquisitions are still in flight.
+    JoinWave,
+    /// Every 30 s the top-ranked of n0 and n1 for the last resource (the only node that
+    /// competes for it) leaves and starts again 2 s later; the moment it is ready again,
+    /// the other starts competing for that resource, and withdraws 20 s later. The
+    /// other's acquisition is in flight when the restarted node first decides.
+    ReadyRace,
     /// Every 5 s the next node restarts (new boot, same name and address).
     RollingRestart,
     /// Every 5 s the next node shuts down gracefully (hands its leases over, leaves the
@@ -58,7 +67,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in CLI order.
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::Steady,
         Scenario::CrashOwner,
         Scenario::CrashOwnerRestarting,
@@ -67,6 +76,8 @@ impl Scenario {
         Scenario::IsolateOwner,
         Scenario::OneWayCut,
         Scenario::AddressChurn,
+        Scenario::JoinWave,
+        Scenario::ReadyRace,
         Scenario::RollingRestart,
         Scenario::RollingLeave,
         Scenario::Flap,
@@ -86,6 +97,8 @@ impl Scenario {
             Scenario::IsolateOwner => "isolate-owner",
             Scenario::OneWayCut => "one-way-cut",
             Scenario::AddressChurn => "address-churn",
+            Scenario::JoinWave => "join-wave",
+            Scenario::ReadyRace => "ready-race",
             Scenario::RollingRestart => "rolling-restart",
             Scenario::RollingLeave => "rolling-leave",
             Scenario::Flap => "flap",
@@ -191,6 +204,9 @@ pub struct Plan {
     pub stagger: u64,
     /// Fault kinds the plan contains (for coverage).
     pub kinds: Vec<&'static str>,
+    /// `ready-race`: `(racer, rival, resource)`: when the racer becomes ready after a
+    /// restart, the rival starts competing for the resource at once.
+    pub race: Option<(u32, u32, usize)>,
 }
 
 /// Inputs of [`plan`].
@@ -247,13 +263,29 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
         Scenario::AddressChurn => n - n / 2,
         _ => 0,
     };
-    let competes: Vec<Vec<bool>> = (0..n)
+    // In `ready-race` only the racer competes for the last resource.
+    let race = (input.scenario == Scenario::ReadyRace).then(|| {
+        let last = resources - 1;
+        let name = format!("r{last}");
+        let score = |i: u32| gossip_election::placement::score(&name, &format!("n{i}"));
+        if score(0) >= score(1) {
+            (0, 1, last)
+        } else {
+            (1, 0, last)
+        }
+    });
+    let mut competes: Vec<Vec<bool>> = (0..n)
         .map(|i| {
             (0..resources)
                 .map(|_| i + bystanders < n && (!swarm || rng.random_bool(0.8)))
                 .collect()
         })
         .collect();
+    if let Some((racer, _, last)) = race {
+        for (i, row) in competes.iter_mut().enumerate() {
+            row[last] = i as u32 == racer;
+        }
+    }
     let boot_end = 10 * S;
     let heal_at = input.duration.saturating_sub(45 * S).max(boot_end + 15 * S);
     let c0 = boot_end + 5 * S;
@@ -268,7 +300,8 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
         Scenario::CrashOwner => {
             kinds.push("crash-owner");
             let mut t = c0;
-            while t + 12 * S < c1 {
+            // At least once, however short the chaos phase.
+            while t + 12 * S < c1 || t == c0 {
                 let resource = rng.random_range(0..resources);
                 faults.push((
                     t,
@@ -284,7 +317,8 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
             kinds.push("crash-owner");
             kinds.push("restart");
             let mut t = c0;
-            while t + 12 * S < c1 {
+            // At least once, however short the chaos phase.
+            while t + 12 * S < c1 || t == c0 {
                 let resource = rng.random_range(0..resources);
                 faults.push((
                     t,
@@ -331,18 +365,18 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
         Scenario::IsolateOwner => {
             kinds.push("partition");
             let mut t = c0;
-            while t + 25 * S < c1 {
+            while t + 25 * S < c1 || t == c0 {
                 faults.push((t, Fault::IsolateHolder(0)));
-                faults.push((t + 20 * S, Fault::HealNetwork));
+                faults.push(((t + 20 * S).min(c1), Fault::HealNetwork));
                 t += 40 * S;
             }
         }
         Scenario::OneWayCut => {
             kinds.push("partition");
             let mut t = c0;
-            while t + 35 * S < c1 {
+            while t + 35 * S < c1 || t == c0 {
                 for holder in [true, false] {
-                    if t + 35 * S < c1 {
+                    if t + 35 * S < c1 || t == c0 {
                         faults.push((
                             t,
                             Fault::CutOutgoing {
@@ -350,10 +384,45 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                                 holder,
                             },
                         ));
-                        faults.push((t + 30 * S, Fault::HealNetwork));
+                        faults.push(((t + 30 * S).min(c1), Fault::HealNetwork));
                     }
                     t += 45 * S;
                 }
+            }
+        }
+        Scenario::ReadyRace => {
+            kinds.push("leave");
+            let (racer, rival, last) = race.expect("set for ready-race");
+            let mut t = c0;
+            while t + 25 * S < c1 {
+                faults.push((
+                    t,
+                    Fault::Leave {
+                        node: racer,
+                        restart_after: 2 * S,
+                    },
+                ));
+                faults.push((
+                    t + 20 * S,
+                    Fault::Withdraw {
+                        node: rival,
+                        resource: last,
+                    },
+                ));
+                t += 30 * S;
+            }
+        }
+        Scenario::JoinWave => {
+            kinds.push("restart");
+            let wave: Vec<u32> = (n / 2..n).map(|i| i as u32).collect();
+            let mut t = boot_end;
+            while t + 35 * S < c1 {
+                for (k, &i) in wave.iter().enumerate() {
+                    faults.push((t, Fault::Crash(i)));
+                    // Apart by a little less than the hold-off after becoming ready.
+                    faults.push((t + 30 * S + k as u64 * 30 * MS, Fault::Restart(i)));
+                }
+                t += 60 * S;
             }
         }
         Scenario::AddressChurn => {
@@ -384,7 +453,7 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
             kinds.push("partition");
             kinds.push("reschedule");
             let mut t = c0;
-            while t + 30 * S < c1 {
+            while t + 30 * S < c1 || t == c0 {
                 reschedule(&mut faults, 0, t);
                 t += 40 * S;
             }
@@ -594,6 +663,7 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
         burst,
         stagger,
         kinds,
+        race,
     }
 }
 

@@ -735,7 +735,26 @@ impl World {
                         slot.ever_active = true;
                     }
                     gossip_election::NodeState::Active => {
+                        let newcomer = !slot.ever_active;
                         slot.ever_active = true;
+                        if newcomer {
+                            let window = 4 * self.plan.latency_mean;
+                            self.checks.newcomer_ready(self.now, window);
+                            if let Some((racer, rival, resource)) = self.plan.race
+                                && racer == i
+                                && !self.competing[rival as usize][resource]
+                            {
+                                let now = self.now;
+                                self.push(
+                                    now,
+                                    Ev::Fault(Fault::Obtain {
+                                        node: rival,
+                                        resource,
+                                    }),
+                                );
+                            }
+                        }
+                        let slot = &mut self.nodes[i as usize];
                         // A node that ran alone joining the fleet merges two memberships,
                         // as a heal does.
                         if std::mem::take(&mut slot.alone) {

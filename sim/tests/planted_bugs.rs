@@ -80,3 +80,20 @@ fn broadcast_only_records_are_caught_by_convergence_in_rolling_restart() {
         "convergence-after-heal",
     );
 }
+
+#[test]
+fn acquiring_the_moment_a_node_is_ready_is_caught_by_planned_move_bound_in_ready_race() {
+    // Without the hold-off after becoming ready, a restarted node takes a resource whose
+    // other candidate's acquisition is still in flight to it.
+    let bugs = PlantedBugs {
+        no_ready_hold_off: true,
+        ..Default::default()
+    };
+    assert_caught(
+        bugs,
+        Scenario::ReadyRace,
+        1,
+        0.0,
+        "planned-move-bounded-owners",
+    );
+}

@@ -376,7 +376,7 @@ impl Core {
         let own = self.cfg.addr;
         let superseded = self.state == NodeState::Superseded;
         let keep_when_displaced = self.bug(|b| b.never_yield_when_displaced);
-        let hold_off = !self.bug(|b| b.acquire_before_synced);
+        let hold_off = !self.bug(|b| b.acquire_before_synced || b.no_ready_hold_off);
         // A disconnected node that still hears the fleet does not run alone.
         let alone_barred = !self.active && !self.may_run_alone(now);
         let Some(claim) = self.claims.get_mut(resource) else {

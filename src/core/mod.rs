@@ -1258,8 +1258,8 @@ impl Core {
     /// The node connected again after it lost every member: it was not alone after all.
     /// Hearing the fleet while the fleet does not hear it (its packets do not get out, a
     /// one-way cut) looks just like this, and each time it would take tickets and give
-    /// them back. So it stays out of the candidates until a member answers one of its
-    /// requests (proof that its packets get out, usually within one anti-entropy period),
+    /// them back. So it stays out of the candidates (for what it does not hold) until a
+    /// member answers one of its requests (proof that its packets get out, usually within one anti-entropy period),
     /// or [`REJOIN_BAR_MAX`] at most.
     fn rejoined_after_idle(&mut self, now: Duration) {
         while self
@@ -1572,9 +1572,12 @@ impl Core {
                 .map(|(resource, c)| Claim {
                     resource: resource.clone(),
                     tickets: c.tickets,
+                    // Barred after reconnecting, the node keeps competing only for what it
+                    // holds: it takes nothing new, and a holder that comes back from a
+                    // cut keeps its lease where its rank says so.
                     candidate: c.candidate()
                         && self.state != NodeState::Superseded
-                        && self.rejoin_bar_until.is_none(),
+                        && (self.rejoin_bar_until.is_none() || c.held()),
                     held: c.held(),
                 })
                 .collect(),

@@ -246,6 +246,9 @@ pub struct PlantedBugs {
     pub suspect_is_gone: bool,
     /// No direct record repair: records move only by foca broadcast.
     pub no_direct_repair: bool,
+    /// Acquire as soon as ready, without the one-probe-round-trip hold-off that lets an
+    /// acquisition made just before this node was ready reach it.
+    pub no_ready_hold_off: bool,
 }
 
 impl CoreConfig {
