@@ -297,25 +297,12 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
     let mut stagger = 1;
     match input.scenario {
         Scenario::Steady => {}
-        Scenario::CrashOwner => {
+        Scenario::CrashOwner | Scenario::CrashOwnerRestarting => {
+            let restarting = input.scenario == Scenario::CrashOwnerRestarting;
             kinds.push("crash-owner");
-            let mut t = c0;
-            // At least once, however short the chaos phase.
-            while t + 12 * S < c1 || t == c0 {
-                let resource = rng.random_range(0..resources);
-                faults.push((
-                    t,
-                    Fault::CrashHolder {
-                        resource,
-                        restart_after: 10 * S,
-                    },
-                ));
-                t += 20 * S;
+            if restarting {
+                kinds.push("restart");
             }
-        }
-        Scenario::CrashOwnerRestarting => {
-            kinds.push("crash-owner");
-            kinds.push("restart");
             let mut t = c0;
             // At least once, however short the chaos phase.
             while t + 12 * S < c1 || t == c0 {
@@ -327,9 +314,11 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                         restart_after: 10 * S,
                     },
                 ));
-                // Around the down declaration (suspicion 1 s after a missed probe).
-                let offset = rng.random_range(900..1600) * MS;
-                faults.push((t + offset, Fault::BounceBystander(resource)));
+                if restarting {
+                    // Around the down declaration (suspicion 1 s after a missed probe).
+                    let offset = rng.random_range(900..1600) * MS;
+                    faults.push((t + offset, Fault::BounceBystander(resource)));
+                }
                 t += 20 * S;
             }
         }
