@@ -599,6 +599,7 @@ impl Node {
 /// This node's competition for one resource. Dropping it (or [`Candidacy::withdraw`])
 /// stops competing; a held ticket is yielded first.
 #[derive(Debug)]
+#[must_use = "dropping a Candidacy withdraws it at once"]
 pub struct Candidacy {
     resource: String,
     commands: mpsc::UnboundedSender<Command>,
@@ -684,6 +685,7 @@ impl Drop for Candidacy {
 /// then drop it: dropping hands the ticket over. Dropping a lease that was not lost
 /// steps down (the node stays out of the candidates for a back-off period).
 #[derive(Debug)]
+#[must_use = "dropping a Lease hands the ticket over (or steps down) at once"]
 pub struct Lease {
     resource: String,
     id: LeaseId,
@@ -742,6 +744,7 @@ impl Drop for Lease {
 
 /// The handle of [`Node::obtain_with`]: withdraws when dropped.
 #[derive(Debug)]
+#[must_use = "dropping an Election withdraws it at once"]
 pub struct Election {
     task: tokio::task::JoinHandle<()>,
     commands: mpsc::UnboundedSender<Command>,

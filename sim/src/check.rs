@@ -142,6 +142,9 @@ pub struct Checks {
     retired_total: u64,
     /// When a (re)started node last became ready.
     last_ready: Option<u64>,
+    /// When two (re)started nodes last became ready together (see
+    /// [`Checks::newcomer_ready`]).
+    concurrent_ready: u64,
     /// The node whose outgoing packets are cut now, if any.
     pub cut_node: Option<u32>,
     /// When the last one-way cut of a node healed, and which node it was.
@@ -190,6 +193,7 @@ impl Checks {
             retired: std::collections::VecDeque::new(),
             retired_total: 0,
             last_ready: None,
+            concurrent_ready: 0,
             cut_node: None,
             cut_healed: None,
             downs_after_cut: 0,
@@ -283,9 +287,10 @@ impl Checks {
     /// latencies) of each other each acquire before hearing of the other's acquisition: a
     /// documented limit of concurrent start-up, so the second counts as a fault. Further
     /// apart, the hold-off after becoming ready must keep them within tickets.
+    /// (This bears on P1 alone: it does not delay convergence bounds.)
     pub fn newcomer_ready(&mut self, at: u64, window: u64) {
         if self.last_ready.is_some_and(|t| at < t + window) {
-            self.disturbed(at, false);
+            self.concurrent_ready = at;
         }
         self.last_ready = Some(at);
     }
@@ -454,6 +459,7 @@ impl World {
         self.check_components(Some(r));
         let quiet = now >= self.checks.boot_end + SETTLE
             && now >= self.checks.last_disturbance(now) + SETTLE
+            && now >= self.checks.concurrent_ready + SETTLE
             && self.net.partition == Partition::None
             && self.checks.lossless;
         if quiet {

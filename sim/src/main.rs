@@ -35,6 +35,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The scenarios, one name a line.
+    Scenarios,
     /// A run again, with a JSON-lines trace.
     Replay {
         #[command(flatten)]
@@ -204,6 +206,12 @@ fn main() -> ExitCode {
                 eprintln!("reproduce: {}", report.reproduce);
                 ExitCode::from(1)
             }
+        }
+        Command::Scenarios => {
+            for scenario in Scenario::ALL {
+                println!("{}", scenario.name());
+            }
+            ExitCode::SUCCESS
         }
         Command::Replay { run, trace } => {
             let config = match run.config() {
