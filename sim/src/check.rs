@@ -590,11 +590,11 @@ impl World {
                     self.checks.checks += 1;
                     let members = core.membership().count();
                     // Everything kept per address is bounded the same way.
-                    let oversized = core.address_tables().into_iter().find(|(table, n, _)| {
-                        // The other two are queues by time, not by address.
-                        *n > addresses && !matches!(*table, "records_unattached" | "dormant")
-                    });
-                    if let Some((table, n, _)) = oversized {
+                    let oversized = core
+                        .address_table_entries()
+                        .into_iter()
+                        .find(|(_, n)| *n > addresses);
+                    if let Some((table, n)) = oversized {
                         let detail =
                             format!("n{i} holds {n} entries in {table} for {addresses} addresses");
                         self.checks.violate("members-within-addresses", now, detail);

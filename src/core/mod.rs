@@ -722,6 +722,18 @@ impl Core {
         rows.into_iter().map(|(n, (e, b))| (n, e, b)).collect()
     }
 
+    /// Entries of the tables this node keeps per address (as [`Core::address_tables`],
+    /// without counting bytes or foca's members): cheap enough to check often.
+    pub fn address_table_entries(&self) -> [(&'static str, usize); 5] {
+        [
+            ("records", self.store.borrow().records.len()),
+            ("known_names", self.known_names.len()),
+            ("lost_since", self.lost_since.len()),
+            ("reported", self.reported.len()),
+            ("namesakes_reported", self.namesakes_reported.len()),
+        ]
+    }
+
     /// Live members whose current record this node lacks.
     pub fn missing_records(&self) -> usize {
         self.view.missing.len()
@@ -806,7 +818,10 @@ impl Core {
         self.stats.bytes_in += data.len() as u64;
         self.store.borrow_mut().now = now;
         let decoded = wire::decode(data);
-        if decoded.is_ok()
+        // Only a disconnected node asks when it last heard the fleet (it was hearing it
+        // until it disconnected): connected, skip the lookups.
+        if !self.active
+            && decoded.is_ok()
             && (self.view.members.contains_key(&from)
                 || self.known_names.contains_key(&from)
                 || self.cfg.seeds.contains(&from))
@@ -1350,6 +1365,7 @@ impl Core {
     fn disconnected(&mut self, now: Duration) {
         if self.active {
             self.inactive_since = now;
+            self.last_heard = Some(now);
         }
         self.active = false;
     }
