@@ -13,7 +13,6 @@ use crate::core::{
 };
 use crate::driver::{ClaimShared, ClaimStatus, Command, Driver, Socket};
 use crate::error::{Error, Result};
-use crate::record::{MAX_NAME_LEN, RecordError};
 
 /// How a member stands in a node's view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,19 +187,9 @@ impl NodeBuilder {
         })
     }
 
-    /// What can be checked before binding: the name, the timing and the addresses.
+    /// What the core would refuse, checked before binding (the boot does not matter).
     fn validate(&self, advertise: SocketAddr) -> Result<()> {
-        if self.name.is_empty() || self.name.len() > MAX_NAME_LEN {
-            return Err(Error::InvalidName(RecordError::BadName(self.name.len())));
-        }
-        self.core_config(advertise, 1).validate_timing()?;
-        if let Some(scoped) = std::iter::once(&advertise)
-            .chain(&self.join)
-            .find(|a| crate::core::is_scoped(a))
-        {
-            return Err(Error::ScopedAddress(*scoped));
-        }
-        Ok(())
+        Ok(self.core_config(advertise, 1).validate()?)
     }
 
     fn core_config(&self, advertise: SocketAddr, boot: u64) -> CoreConfig {

@@ -217,22 +217,26 @@ impl Net {
         }
     }
 
+    /// Node `at` drops whatever node `from` sends it (`add` false: no longer).
+    fn drop_from(&self, at: usize, from: usize, add: bool) {
+        let op = if add { "-A" } else { "-D" };
+        self.iptables(at, &[op, "INPUT", "-s", &ip(from), "-j", "DROP"]);
+    }
+
     /// Nodes in `a` and nodes in `b` no longer hear each other (`add` false: heal).
     fn partition(&self, a: &[usize], b: &[usize], add: bool) {
-        let op = if add { "-A" } else { "-D" };
         for &i in a {
             for &j in b {
-                self.iptables(i, &[op, "INPUT", "-s", &ip(j), "-j", "DROP"]);
-                self.iptables(j, &[op, "INPUT", "-s", &ip(i), "-j", "DROP"]);
+                self.drop_from(i, j, add);
+                self.drop_from(j, i, add);
             }
         }
     }
 
     /// Nobody hears node `k`; it still hears everyone (`add` false: heal).
     fn cut_one_way(&self, k: usize, add: bool) {
-        let op = if add { "-A" } else { "-D" };
         for i in (1..=NODES).filter(|i| *i != k) {
-            self.iptables(i, &[op, "INPUT", "-s", &ip(k), "-j", "DROP"]);
+            self.drop_from(i, k, add);
         }
     }
 

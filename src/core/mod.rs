@@ -231,8 +231,26 @@ pub enum ConfigError {
 }
 
 /// Whether `addr` is an IPv6 address with a scope id.
-pub fn is_scoped(addr: &SocketAddr) -> bool {
+fn is_scoped(addr: &SocketAddr) -> bool {
     matches!(addr, SocketAddr::V6(a) if a.scope_id() != 0)
+}
+
+impl CoreConfig {
+    /// Checks what a core cannot start with: the name's length, the timing profile and
+    /// timeouts ([`CoreConfig::validate_timing`]), and scoped addresses.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() || self.name.len() > crate::record::MAX_NAME_LEN {
+            return Err(crate::record::RecordError::BadName(self.name.len()).into());
+        }
+        self.validate_timing()?;
+        match std::iter::once(&self.addr)
+            .chain(&self.seeds)
+            .find(|a| is_scoped(a))
+        {
+            Some(scoped) => Err(ConfigError::ScopedAddress(*scoped)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// How far back losses of every member count towards the candidacy bar.
@@ -427,13 +445,7 @@ impl std::fmt::Debug for Core {
 impl Core {
     /// Starts a node at `now`: announces to the seeds and schedules its timers.
     pub fn new(mut cfg: CoreConfig, now: Duration) -> Result<Core, ConfigError> {
-        cfg.validate_timing()?;
-        if let Some(scoped) = std::iter::once(&cfg.addr)
-            .chain(&cfg.seeds)
-            .find(|a| is_scoped(a))
-        {
-            return Err(ConfigError::ScopedAddress(*scoped));
-        }
+        cfg.validate()?;
         let own_record = Record {
             addr: cfg.addr,
             name: cfg.name.clone(),
