@@ -189,7 +189,7 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
     w.run();
     let mut violations = std::mem::take(&mut w.checks.violations);
     if kinds.contains(&"partition")
-        && w.net.dropped_by_partition == 0
+        && w.dropped_by_partition == 0
         && config.scenario != Scenario::Swarm
     {
         violations.push(Violation {
@@ -228,7 +228,7 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
             cut_acquisitions_max: w.checks.cut_acquisitions_max,
             downs_after_cut: w.checks.downs_after_cut,
             false_downs: w.checks.false_downs,
-            dropped_by_partition: w.net.dropped_by_partition,
+            dropped_by_partition: w.dropped_by_partition,
             bytes_per_node_per_s: w.bytes as f64 / config.nodes as f64 / sim_seconds,
             checks: w.checks.checks,
         },

@@ -84,14 +84,12 @@ pub struct NetConfig {
 /// The network state every link shares: its behaviour, the partition and the extra loss
 /// of a loss burst. These change only at fault events, so a window of node events reads
 /// them without locks.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Net {
     pub config: NetConfig,
     pub partition: Partition,
     /// Extra loss during a loss-burst fault.
     pub extra_loss: f64,
-    pub dropped_by_partition: u64,
-    pub dropped_by_loss: u64,
 }
 
 /// What one sender's links remember: its random stream and which of its links are in a
@@ -122,8 +120,6 @@ impl Net {
             config,
             partition: Partition::None,
             extra_loss: 0.0,
-            dropped_by_partition: 0,
-            dropped_by_loss: 0,
         }
     }
 

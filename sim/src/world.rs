@@ -5,8 +5,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::Mutex;
+use std::ops::{Index, IndexMut};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gossip_election::core::{Core, CoreConfig, Event, PlantedBugs};
@@ -160,6 +161,9 @@ pub(crate) struct Slot {
     pub port: u16,
     /// Its next process starts at a fresh address (the next port) under a fresh name.
     fresh_on_restart: bool,
+    /// The node's events of the window being simulated (kept empty, with its capacity,
+    /// between windows).
+    inbox: Vec<Queued>,
 }
 
 impl Slot {
@@ -187,6 +191,48 @@ impl Slot {
     }
 }
 
+/// The node slots, by index. A slot is lent to the thread that simulates its node's share
+/// of a window and put back before the world reads it again.
+pub(crate) struct Slots(Vec<Option<Box<Slot>>>);
+
+impl Slots {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Slot> {
+        (0..self.len()).map(|i| &self[i])
+    }
+
+    fn lend(&mut self, node: u32) -> Box<Slot> {
+        self.0[node as usize]
+            .take()
+            .expect("a slot is lent once a window")
+    }
+
+    fn put_back(&mut self, node: u32, slot: Box<Slot>) {
+        self.0[node as usize] = Some(slot);
+    }
+}
+
+impl Index<usize> for Slots {
+    type Output = Slot;
+
+    fn index(&self, i: usize) -> &Slot {
+        self.0[i]
+            .as_deref()
+            .expect("slots are back between windows")
+    }
+}
+
+impl IndexMut<usize> for Slots {
+    fn index_mut(&mut self, i: usize) -> &mut Slot {
+        self.0[i]
+            .as_deref_mut()
+            .expect("slots are back between windows")
+    }
+}
+
 /// A whole fleet in virtual time.
 pub struct World {
     pub(crate) now: u64,
@@ -194,8 +240,12 @@ pub struct World {
     queue: BinaryHeap<Reverse<(u64, u64, u32)>>,
     slab: Vec<Option<Ev>>,
     free: Vec<u32>,
-    pub(crate) nodes: Vec<Slot>,
-    pub(crate) net: Net,
+    pub(crate) nodes: Slots,
+    /// Shared with the worker threads while they simulate a window; changed (by faults)
+    /// only between windows, when the world holds the only reference.
+    pub(crate) net: Arc<Net>,
+    pub(crate) dropped_by_partition: u64,
+    pub(crate) dropped_by_loss: u64,
     pub(crate) plan: Plan,
     seed: u64,
     rng: Xoshiro256PlusPlus,
@@ -258,8 +308,11 @@ impl World {
                 fp: 0,
                 fp_out: 0,
                 links: Links::new(stream(seed, (1 << 32) | i as u64)),
+                inbox: Vec::new(),
             })
+            .map(|slot| Some(Box::new(slot)))
             .collect();
+        let nodes = Slots(nodes);
         let resources = plan.tickets.len();
         let checks = Checks::new(&plan);
         let competing = plan.competes.clone();
@@ -270,7 +323,9 @@ impl World {
             slab: Vec::new(),
             free: Vec::new(),
             nodes,
-            net,
+            net: Arc::new(net),
+            dropped_by_partition: 0,
+            dropped_by_loss: 0,
             seed,
             rng: stream(seed, 2),
             bugs,
@@ -381,10 +436,9 @@ impl World {
         let mut next_report = S;
         let (mut last_events, mut last_bytes, mut last_foca) = (0, 0, 0);
         let lookahead = self.net.lookahead();
-        // A window's events, grouped by node, and each node's range of them; both kept
-        // from window to window so that a window allocates nothing here.
-        let mut window: Vec<(u32, Option<Queued>)> = Vec::new();
-        let mut batches: Vec<Batch> = Vec::new();
+        // A window's events, grouped by node (kept from window to window, so that a window
+        // allocates nothing here).
+        let mut window: Vec<(u32, Queued)> = Vec::new();
         let mut pending: Option<(u64, Ev)> = None;
         loop {
             let (t0, first) = match pending.take() {
@@ -424,7 +478,7 @@ impl World {
             };
             // A window: node events before `t0 + lookahead`, up to the next global event.
             let window_end = t0 + lookahead.max(1);
-            window.push((node, Some((t0, 0, first))));
+            window.push((node, (t0, 0, first)));
             while let Some(&Reverse((t, _, _))) = self.queue.peek() {
                 if t >= window_end || t > end {
                     break;
@@ -434,65 +488,47 @@ impl World {
                     pending = Some((t, ev));
                     break;
                 };
-                window.push((node, Some((t, seq, ev))));
+                window.push((node, (t, seq, ev)));
             }
             let window_end = pending.as_ref().map_or(window_end, |p| p.0.min(window_end));
             // Stable: each node's events stay in queue order.
             window.sort_by_key(|e| e.0);
-            for (k, &(node, _)) in window.iter().enumerate() {
-                match batches.last_mut() {
-                    Some(b) if b.node == node => b.end += 1,
-                    _ => batches.push(Batch {
-                        node,
-                        start: k,
-                        end: k + 1,
-                    }),
+            let mut items = Vec::new();
+            for (node, queued) in window.drain(..) {
+                if items.last().is_none_or(|item: &Item| item.node != node) {
+                    let slot = self.nodes.lend(node);
+                    items.push(Item { node, slot });
                 }
+                items.last_mut().expect("pushed").slot.inbox.push(queued);
             }
-            let done = self.simulate(&mut window, &batches, window_end, lanes);
-            window.clear();
-            batches.clear();
+            let done = self.simulate(items, window_end, lanes);
             self.apply(done);
         }
     }
 
     /// Simulates each node's events of one window: this thread and the lanes take the
     /// nodes one by one until none is left.
-    fn simulate(
-        &mut self,
-        window: &mut [(u32, Option<Queued>)],
-        batches: &[Batch],
-        window_end: u64,
-        lanes: &[Lane],
-    ) -> Vec<Done> {
-        let env = Env {
-            net: &self.net,
+    fn simulate(&mut self, items: Vec<Item>, window_end: u64, lanes: &[Lane]) -> Vec<Done> {
+        let helpers = if items.len() < 2 { 0 } else { lanes.len() };
+        let job = Arc::new(Job {
+            items: items
+                .into_iter()
+                .map(|item| Mutex::new(Some(item)))
+                .collect(),
+            next: AtomicUsize::new(0),
+            net: Arc::clone(&self.net),
             nodes: self.nodes.len(),
-        };
-        let next = AtomicUsize::new(0);
-        let work = Work {
-            slots: self.nodes.as_mut_ptr(),
-            env: std::ptr::from_ref(&env).cast::<Env<'static>>(),
             window_end,
-            events: window.as_mut_ptr(),
-            batches: batches.as_ptr(),
-            len: batches.len(),
-            next: &next,
-        };
-        let helpers = if batches.len() < 2 { 0 } else { lanes.len() };
+        });
         for lane in &lanes[..helpers] {
-            *lane.job.lock().expect("lane lock") = Some(work);
+            *lane.job.lock().expect("lane lock") = Some(Arc::clone(&job));
             lane.state.store(JOB, Ordering::Release);
         }
-        // SAFETY: see `Work`; every lane given this window is waited for below, before
-        // `window`, `batches`, `next`, `env` or a slot is touched again, even if this
-        // thread's share panics (the lanes must be done with them before they are dropped).
-        let mine =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { work.take_all() }));
-        let theirs: Vec<Option<Vec<Done>>> = lanes[..helpers].iter().map(Lane::wait).collect();
-        let mut done = mine.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        for lane in theirs {
-            done.extend(lane.expect("a simulation thread panicked"));
+        let mine = job.take_all();
+        drop(job);
+        let mut done = mine;
+        for lane in &lanes[..helpers] {
+            done.extend(lane.wait().expect("a simulation thread panicked"));
         }
         done
     }
@@ -502,13 +538,16 @@ impl World {
     fn apply(&mut self, mut done: Vec<Done>) {
         done.sort_unstable_by_key(|d| d.node);
         let mut checked: Vec<(u64, u32, usize, Out)> = Vec::new();
-        for d in done {
+        for mut d in done {
+            if let Some(slot) = d.slot.take() {
+                self.nodes.put_back(d.node, slot);
+            }
             let t = &d.tally;
             self.events += t.events;
             self.bytes += t.bytes;
             self.foca_bytes += t.foca_bytes;
-            self.net.dropped_by_loss += t.lost;
-            self.net.dropped_by_partition += t.cut;
+            self.dropped_by_loss += t.lost;
+            self.dropped_by_partition += t.cut;
             self.checks.effects.boot_raises += t.boot_raises;
             self.fold([u64::from(d.node), t.hash]);
             for (k, (at, out)) in d.outputs.into_iter().enumerate() {
@@ -655,7 +694,9 @@ impl World {
             net: &self.net,
             nodes: self.nodes.len(),
         };
-        let slot = &mut self.nodes[i as usize];
+        let slot = &mut self.nodes.0[i as usize]
+            .as_deref_mut()
+            .expect("slots are back between windows");
         // Nothing falls inside a window that ends now: everything goes to the queue.
         let mut run = NodeRun::new(i, slot, &env, now);
         run.after_core(now);
@@ -783,7 +824,7 @@ impl World {
             return;
         }
         let mut largest: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
-        for slot in &self.nodes {
+        for slot in self.nodes.iter() {
             if let Some(core) = slot.core.as_ref() {
                 for (name, entries, bytes) in core.address_tables() {
                     let e = largest.entry(name).or_default();
@@ -807,6 +848,11 @@ impl World {
     }
 
     /// The current address of node `i`.
+    /// The network, to change it between windows (no worker thread holds it then).
+    fn net_mut(&mut self) -> &mut Net {
+        Arc::make_mut(&mut self.net)
+    }
+
     pub(crate) fn addr_of(&self, i: u32) -> SocketAddr {
         addr_at(i, self.nodes[i as usize].port)
     }
@@ -883,7 +929,7 @@ impl World {
                 }
             }
             Fault::Partition(p) => {
-                self.net.partition = p;
+                self.net_mut().partition = p;
                 self.checks.disturbed(now, true);
             }
             Fault::CutOutgoing { resource, holder } => {
@@ -903,7 +949,7 @@ impl World {
                     self.checks.cut_node = Some(i);
                     let mut group = vec![0u8; self.plan.nodes];
                     group[i as usize] = 1;
-                    self.net.partition = Partition::OneWay {
+                    self.net_mut().partition = Partition::OneWay {
                         group,
                         from: 1,
                         to: 0,
@@ -960,7 +1006,7 @@ impl World {
                 if let Some(cut) = self.checks.cut_node.take() {
                     self.checks.cut_healed = Some((now, cut));
                 }
-                self.net.partition = Partition::None;
+                self.net_mut().partition = Partition::None;
                 self.checks.disturbed(now, true);
                 self.checks.heal(now, false);
             }
@@ -976,11 +1022,11 @@ impl World {
                 self.checks.disturbed(now, false);
             }
             Fault::LossBurst(extra) => {
-                self.net.extra_loss = extra;
+                self.net_mut().extra_loss = extra;
                 self.checks.disturbing(true, now);
             }
             Fault::LossBurstEnd => {
-                self.net.extra_loss = 0.0;
+                self.net_mut().extra_loss = 0.0;
                 self.checks.disturbing(false, now);
             }
             Fault::Withdraw { node, resource } => {
@@ -997,8 +1043,8 @@ impl World {
                 self.obtain(node, resource);
             }
             Fault::Heal => {
-                self.net.partition = Partition::None;
-                self.net.extra_loss = 0.0;
+                self.net_mut().partition = Partition::None;
+                self.net_mut().extra_loss = 0.0;
                 self.checks.disturbing(false, now);
                 for i in 0..self.plan.nodes as u32 {
                     if self.nodes[i as usize].drift != 0.0 {
@@ -1040,7 +1086,7 @@ impl World {
     fn isolate(&mut self, i: u32) {
         let mut g = vec![0u8; self.plan.nodes];
         g[i as usize] = 1;
-        self.net.partition = Partition::Groups(g);
+        self.net_mut().partition = Partition::Groups(g);
         self.checks.disturbed(self.now, true);
     }
 
@@ -1071,11 +1117,11 @@ impl World {
 /// A queued node event: `(time, sequence, event)`.
 type Queued = (u64, u64, Ev);
 
-/// One node's events in a window: `start..end` of the window's events.
-struct Batch {
+/// One node's share of a window, lent to the thread that claims it: the node's slot, its
+/// inbox holding the node's events of the window.
+struct Item {
     node: u32,
-    start: usize,
-    end: usize,
+    slot: Box<Slot>,
 }
 
 /// What a node did at a time, for the world to apply.
@@ -1111,6 +1157,8 @@ struct Done {
     node: u32,
     tally: Tally,
     outputs: Vec<Output>,
+    /// The node's slot, to put back (when it was lent).
+    slot: Option<Box<Slot>>,
 }
 
 /// What the nodes of a window read: the network, fixed until the next fault.
@@ -1156,14 +1204,18 @@ impl<'a> NodeRun<'a> {
             node: self.i,
             tally: self.tally,
             outputs: self.outputs,
+            slot: None,
         }
     }
 
-    fn run(mut self, evs: impl IntoIterator<Item = Queued>) -> Done {
-        for (t, seq, ev) in evs {
+    /// Runs the events in the slot's inbox.
+    fn run(mut self) -> Done {
+        let mut inbox = std::mem::take(&mut self.slot.inbox);
+        for (t, seq, ev) in inbox.drain(..) {
             self.queue.push(Reverse((t, seq, self.evs.len())));
             self.evs.push(Some(ev));
         }
+        self.slot.inbox = inbox;
         while let Some(Reverse((t, _, k))) = self.queue.pop() {
             let ev = self.evs[k].take().expect("queued once");
             let len = match &ev {
@@ -1403,52 +1455,41 @@ const FAILED: u8 = 4;
 #[derive(Default)]
 struct Lane {
     state: AtomicU8,
-    job: Mutex<Option<Work>>,
+    job: Mutex<Option<Arc<Job>>>,
     done: Mutex<Vec<Done>>,
 }
 
-/// One window's nodes, lent to the lanes: each thread claims the next batch with `next`
-/// until none is left.
-#[derive(Clone, Copy)]
-struct Work {
-    slots: *mut Slot,
-    env: *const Env<'static>,
+/// One window's nodes, shared with the lanes: each thread claims the next item with
+/// `next` until none is left.
+struct Job {
+    items: Vec<Mutex<Option<Item>>>,
+    next: AtomicUsize,
+    net: Arc<Net>,
+    nodes: usize,
     window_end: u64,
-    events: *mut (u32, Option<Queued>),
-    batches: *const Batch,
-    len: usize,
-    next: *const AtomicUsize,
 }
 
-// SAFETY: the pointers are used only between the world's thread lending a window and
-// the last lane reporting it done, while the world's thread uses them the same way and
-// touches nothing else the window reads. A batch index is claimed by exactly one thread
-// (`fetch_add`), a node is in one batch, and a batch's events are its own range of the
-// window, so no slot, batch or event is touched by two threads. A node's core (reference-counted internally) is used by one thread at a time
-// and shares none of its reference-counted values with anything outside it, so moving
-// its use between threads from one window to the next is sound.
-unsafe impl Send for Work {}
-
-impl Work {
-    /// Simulates batches until none is left.
-    ///
-    /// # Safety
-    /// As for `Send for Work`: the pointers must be valid for the whole call.
-    unsafe fn take_all(self) -> Vec<Done> {
+impl Job {
+    /// Simulates items until none is left.
+    fn take_all(&self) -> Vec<Done> {
+        let env = Env {
+            net: &self.net,
+            nodes: self.nodes,
+        };
         let mut done = Vec::new();
         loop {
-            // SAFETY: valid while the window is lent.
-            let k = unsafe { &*self.next }.fetch_add(1, Ordering::Relaxed);
-            if k >= self.len {
+            let k = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = self.items.get(k) else {
                 return done;
-            }
-            // SAFETY: index `k` is this thread's alone, and so is the node in it.
-            let batch = unsafe { &*self.batches.add(k) };
-            let evs = (batch.start..batch.end)
-                .map(|j| unsafe { (*self.events.add(j)).1.take() }.expect("claimed once"));
-            let slot = unsafe { &mut *self.slots.add(batch.node as usize) };
-            let env = unsafe { &*self.env };
-            done.push(NodeRun::new(batch.node, slot, env, self.window_end).run(evs));
+            };
+            let Item { node, mut slot } = item
+                .lock()
+                .expect("item lock")
+                .take()
+                .expect("claimed once");
+            let mut d = NodeRun::new(node, &mut slot, &env, self.window_end).run();
+            d.slot = Some(slot);
+            done.push(d);
         }
     }
 }
@@ -1464,11 +1505,10 @@ impl Lane {
                     _ => backoff(&mut idle),
                 }
             }
-            let work = self.job.lock().expect("lane lock").take().expect("a job");
-            // SAFETY: the world's thread lent this window and waits for it.
-            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
-                work.take_all()
-            }));
+            let job = self.job.lock().expect("lane lock").take().expect("a job");
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.take_all()));
+            // The world changes the network only when no lane holds it.
+            drop(job);
             match done {
                 Ok(done) => {
                     *self.done.lock().expect("lane lock") = done;

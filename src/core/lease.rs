@@ -359,11 +359,11 @@ impl Core {
     /// Reindexes our own record right away, so decisions in this step see it.
     fn after_record_change(&mut self) {
         let own = self.cfg.addr;
-        if !self.store.borrow_mut().changed.remove(&own) {
+        if !super::view::lock(&self.store).changed.remove(&own) {
             return;
         }
         let touched = {
-            let store = self.store.borrow();
+            let store = super::view::lock(&self.store);
             self.view.reindex(own, &store, Duration::ZERO)
         };
         self.dirty.extend(touched);

@@ -14,11 +14,10 @@ mod repair;
 mod timing;
 mod view;
 
-use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use foca::{
@@ -354,7 +353,7 @@ pub struct Core {
     parked_gossip: Option<(u32, Timer<NodeId>)>,
     foca_cluster_size: usize,
     runtime: AccumulatingRuntime<NodeId>,
-    store: Rc<RefCell<Store>>,
+    store: Arc<Mutex<Store>>,
     view: View,
     rng: Xoshiro256PlusPlus,
     timers: BinaryHeap<Reverse<(Duration, CoreTimer, u64)>>,
@@ -432,6 +431,12 @@ pub struct Core {
     stats: Stats,
 }
 
+// A core moves between threads (the simulator runs nodes on worker threads).
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Core>();
+};
+
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
@@ -459,7 +464,7 @@ impl Core {
         cfg.seeds.sort();
         cfg.seeds.dedup();
         let id = NodeId::new(cfg.addr, cfg.boot, 0);
-        let store = Rc::new(RefCell::new(Store::new(cfg.addr)));
+        let store = Arc::new(Mutex::new(Store::new(cfg.addr)));
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.rng_seed);
         let foca = Self::build_foca(id, &cfg, &store, &mut rng, 1);
         let mut core = Core {
@@ -535,7 +540,7 @@ impl Core {
     fn build_foca(
         id: NodeId,
         cfg: &CoreConfig,
-        store: &Rc<RefCell<Store>>,
+        store: &Arc<Mutex<Store>>,
         rng: &mut Xoshiro256PlusPlus,
         cluster_size: usize,
     ) -> FocaInstance {
@@ -547,7 +552,7 @@ impl Core {
             foca_rng,
             PostcardCodec,
             RecordHandler {
-                store: Rc::clone(store),
+                store: Arc::clone(store),
                 rng: relay_rng,
             },
         )
@@ -646,7 +651,7 @@ impl Core {
 
     /// The current record of a live member (or this node's own).
     pub fn record(&self, addr: &SocketAddr) -> Option<Record> {
-        let store = self.store.borrow();
+        let store = view::lock(&self.store);
         store
             .records
             .get(addr)
@@ -656,7 +661,7 @@ impl Core {
 
     /// This node's own record.
     pub fn own_record(&self) -> Record {
-        self.store.borrow().records[&self.cfg.addr].clone()
+        view::lock(&self.store).records[&self.cfg.addr].clone()
     }
 
     /// A hash of this node's view (live members and their record versions): equal on
@@ -669,7 +674,7 @@ impl Core {
     /// table name: what must level off in a fleet whose workers get fresh addresses.
     pub fn address_tables(&self) -> Vec<(&'static str, usize, usize)> {
         use std::mem::size_of;
-        let store = self.store.borrow();
+        let store = view::lock(&self.store);
         let record_bytes: usize = store
             .records
             .values()
@@ -738,7 +743,7 @@ impl Core {
     /// without counting bytes or foca's members): cheap enough to check often.
     pub fn address_table_entries(&self) -> [(&'static str, usize); 5] {
         [
-            ("records", self.store.borrow().records.len()),
+            ("records", view::lock(&self.store).records.len()),
             ("known_names", self.known_names.len()),
             ("lost_since", self.lost_since.len()),
             ("reported", self.reported.len()),
@@ -828,7 +833,7 @@ impl Core {
         }
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += data.len() as u64;
-        self.store.borrow_mut().now = now;
+        view::lock(&self.store).now = now;
         let decoded = wire::decode(data);
         // Only a disconnected node asks when it last heard the fleet (it was hearing it
         // until it disconnected): connected, skip the lookups.
@@ -984,7 +989,7 @@ impl Core {
     fn handle_message(&mut self, now: Duration, from: SocketAddr, message: Message) {
         match message {
             Message::Records(records) => {
-                let mut store = self.store.borrow_mut();
+                let mut store = view::lock(&self.store);
                 for record in records {
                     if record.addr == self.cfg.addr {
                         continue;
@@ -1162,7 +1167,7 @@ impl Core {
         // foca fills a packet with membership updates first and then tries every queued
         // record against the room left, popping the whole queue; while the updates alone
         // fill a packet, let it skip the records.
-        self.store.borrow_mut().updates_fill_packets =
+        view::lock(&self.store).updates_fill_packets =
             self.foca.updates_backlog() >= view::UPDATES_PER_PACKET;
         if self.parked_gossip.is_some()
             && (self.foca.updates_backlog() > 0 || self.foca.custom_broadcast_backlog() > 0)
@@ -1209,7 +1214,7 @@ impl Core {
                 debug!(member = %new.addr(), old_boot = old.boot(), new_boot = new.boot(), "member renamed");
                 let was_live = self.view.members.contains_key(&old.addr());
                 if was_live {
-                    self.store.borrow_mut().forget_other_boot(&new);
+                    view::lock(&self.store).forget_other_boot(&new);
                     self.insert_member(new);
                     self.reindex(now, new.addr());
                     if old.boot() != new.boot() {
@@ -1399,7 +1404,7 @@ impl Core {
         // The record stays, out of the view, in case the member comes back with the same
         // boot (a healed partition, a false suspicion): the fleet then need not send it
         // again.
-        let boot = self.store.borrow().records.get(&addr).map(|r| r.boot);
+        let boot = view::lock(&self.store).records.get(&addr).map(|r| r.boot);
         self.dormant.push_back((now, addr, boot));
         self.reindex(now, addr);
         self.events.push_back(Event::MemberDown(id));
@@ -1421,7 +1426,7 @@ impl Core {
             if self.view.members.contains_key(&addr) {
                 continue;
             }
-            let mut store = self.store.borrow_mut();
+            let mut store = view::lock(&self.store);
             if boot.is_some() && store.records.get(&addr).map(|r| r.boot) == boot {
                 store.records.remove(&addr);
             }
@@ -1431,9 +1436,7 @@ impl Core {
             self.leavers.remove(&addr);
         }
         let members = &self.view.members;
-        self.store
-            .borrow_mut()
-            .expire_unattached(now, UNATTACHED_FOR, |a| members.contains_key(a));
+        view::lock(&self.store).expire_unattached(now, UNATTACHED_FOR, |a| members.contains_key(a));
     }
 
     /// Adds a live member to the view (and to what the store checks records against).
@@ -1442,17 +1445,17 @@ impl Core {
             self.leavers.remove(&id.addr());
         }
         self.view.insert_member(id);
-        self.store.borrow_mut().live.insert(id.addr(), id.boot());
+        view::lock(&self.store).live.insert(id.addr(), id.boot());
     }
 
     fn remove_member(&mut self, addr: &SocketAddr) {
         self.view.remove_member(addr);
-        self.store.borrow_mut().live.remove(addr);
+        view::lock(&self.store).live.remove(addr);
     }
 
     fn member_up(&mut self, now: Duration, id: NodeId) {
         self.insert_member(id);
-        self.store.borrow_mut().forget_other_boot(&id);
+        view::lock(&self.store).forget_other_boot(&id);
         self.reindex(now, id.addr());
         self.events.push_back(Event::MemberUp(id));
         self.push_own_record(id.addr());
@@ -1493,7 +1496,7 @@ impl Core {
         self.evaluate_claims = true;
         let size = self.view.members.len() + 1;
         let wanted = timing::max_transmissions(size);
-        self.store.borrow_mut().relay_probability = view::relay_probability(size, wanted.get());
+        view::lock(&self.store).relay_probability = view::relay_probability(size, wanted.get());
         if wanted != timing::max_transmissions(self.foca_cluster_size) {
             self.foca_cluster_size = size;
             if let Err(err) = self.foca.set_config(self.cfg.timing.foca_config(size)) {
@@ -1531,7 +1534,7 @@ impl Core {
     fn reindex(&mut self, now: Duration, addr: SocketAddr) {
         let missing = self.view.missing.len();
         let touched = {
-            let store = self.store.borrow();
+            let store = view::lock(&self.store);
             self.view.reindex(addr, &store, now)
         };
         // A claim may wait on a missing record only: the record that arrives may say
@@ -1565,7 +1568,7 @@ impl Core {
     pub(crate) fn bump_record(&mut self, now: Duration) {
         let boot = self.cfg.boot;
         let floor = {
-            let store = self.store.borrow();
+            let store = view::lock(&self.store);
             let stored = store
                 .records
                 .get(&self.cfg.addr)
@@ -1624,7 +1627,7 @@ impl Core {
             Ok(_) => {}
             Err(err) => warn!(%err, "own record not queued for gossip"),
         }
-        self.store.borrow_mut().offer_own(record);
+        view::lock(&self.store).offer_own(record);
         if let Err(err) = self.foca.broadcast(&mut self.runtime) {
             debug!(%err, "broadcast failed");
         }
@@ -1638,8 +1641,8 @@ impl Core {
             self.drop_suspects(now);
         }
         // Records that arrived by any path.
-        let changed = std::mem::take(&mut self.store.borrow_mut().changed);
-        self.stats.invalid_records = self.store.borrow().invalid;
+        let changed = std::mem::take(&mut view::lock(&self.store).changed);
+        self.stats.invalid_records = view::lock(&self.store).invalid;
         for addr in changed {
             self.reindex(now, addr);
         }
@@ -1688,7 +1691,7 @@ impl Core {
                     self.report_owners(resource);
                 }
             }
-            let changed = std::mem::take(&mut self.store.borrow_mut().changed);
+            let changed = std::mem::take(&mut view::lock(&self.store).changed);
             for addr in changed {
                 self.reindex(now, addr);
             }

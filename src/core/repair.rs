@@ -165,7 +165,7 @@ impl Core {
         for k in 0..differing.len() {
             let bucket = differing[(start + k) % differing.len()];
             let more = {
-                let store = self.store.borrow();
+                let store = super::view::lock(&self.store);
                 self.view.entries_in(1 << bucket, &store)
             };
             let last = &answers.last().expect("never empty").1;
@@ -233,7 +233,7 @@ impl Core {
         let mut request: Vec<SocketAddr> = Vec::new();
         {
             // Versions are compared in place: only records that go out are copied.
-            let store = self.store.borrow();
+            let store = super::view::lock(&self.store);
             for &(addr, boot, version) in entries {
                 let mine = store.records.get(&addr).filter(|r| self.view.is_valid(r));
                 match mine.map(|r| ((r.boot, r.version), r)) {
@@ -247,7 +247,7 @@ impl Core {
         // Our live records in the listed buckets that the peer did not list.
         let listed: std::collections::BTreeSet<SocketAddr> = entries.iter().map(|e| e.0).collect();
         let ours = {
-            let store = self.store.borrow();
+            let store = super::view::lock(&self.store);
             self.view.entries_in(buckets, &store)
         };
         for (addr, _, _) in ours {

@@ -7,11 +7,11 @@
 //! matters (rankings, buckets, resources) is kept in ordered maps; what is only looked up
 //! by address sits in hash maps with fixed keys, and callers that iterate those sort.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::core::identity::NodeId;
 use crate::placement::{name_hash, score_hashed};
@@ -24,6 +24,13 @@ pub(crate) const BUCKETS: usize = 32;
 
 /// A hasher with fixed keys: lookups only, never iterated where order matters.
 pub(crate) type FixedState = std::hash::BuildHasherDefault<std::hash::DefaultHasher>;
+
+/// Locks the store. The core and its foca instance use it from one thread at a time, so
+/// the lock is never contended; it is a lock only so that a core can move between threads.
+/// A lock poisoned by a panic inside the core is taken as it is.
+pub(crate) fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Latest record per address, shared with foca's broadcast handler.
 #[derive(Debug)]
@@ -214,7 +221,7 @@ pub(crate) struct BadRecord;
 
 /// foca's custom-broadcast handler: feeds records into the shared store.
 pub(crate) struct RecordHandler {
-    pub store: Rc<RefCell<Store>>,
+    pub store: Arc<Mutex<Store>>,
     /// Decides which first-heard records are relayed.
     pub rng: rand::rngs::Xoshiro256PlusPlus,
 }
@@ -224,7 +231,7 @@ impl foca::BroadcastHandler<NodeId> for RecordHandler {
     type Error = BadRecord;
 
     fn should_add_broadcast_data(&self, _member: &NodeId) -> bool {
-        !self.store.borrow().updates_fill_packets
+        !lock(&self.store).updates_fill_packets
     }
 
     fn receive_item(
@@ -233,7 +240,7 @@ impl foca::BroadcastHandler<NodeId> for RecordHandler {
         sender: Option<&NodeId>,
     ) -> Result<Option<RecordKey>, BadRecord> {
         if let Some((addr, boot, version)) = Record::peek(data)
-            && !self.store.borrow().is_news(&addr, boot, version)
+            && !lock(&self.store).is_news(&addr, boot, version)
         {
             return Ok(None);
         }
@@ -243,7 +250,7 @@ impl foca::BroadcastHandler<NodeId> for RecordHandler {
             boot: record.boot,
             version: record.version,
         };
-        let mut store = self.store.borrow_mut();
+        let mut store = lock(&self.store);
         let before = store.invalid;
         // No sender: this node's own record, queued by `Core::install_record`.
         let stored = if sender.is_none() {
@@ -270,7 +277,7 @@ impl foca::BroadcastHandler<NodeId> for RecordHandler {
 #[derive(Clone, Debug)]
 struct IndexedClaim {
     /// Shared with the key of `View::resources`.
-    resource: Rc<str>,
+    resource: Arc<str>,
     score: u64,
     tickets: u16,
     candidate: bool,
@@ -280,7 +287,7 @@ struct IndexedClaim {
 /// What was indexed for one address, to undo it.
 #[derive(Clone, Debug)]
 struct Indexed {
-    name: Rc<str>,
+    name: Arc<str>,
     boot: u64,
     claims: Vec<IndexedClaim>,
     digest: u64,
@@ -307,7 +314,7 @@ fn content_hash(record: &Record) -> u64 {
 pub(crate) struct ResourceIndex {
     /// Ready candidates in rank order (higher score, then smaller name), each with the
     /// tickets it advertises.
-    ranked: BTreeMap<(Reverse<u64>, Rc<str>, SocketAddr), u16>,
+    ranked: BTreeMap<(Reverse<u64>, Arc<str>, SocketAddr), u16>,
     /// How many ready candidates advertise each tickets value.
     tickets: BTreeMap<u16, usize>,
     /// Valid records that say they hold the resource.
@@ -340,9 +347,9 @@ pub(crate) struct View {
     pub missing: BTreeMap<SocketAddr, MissingSince>,
     /// Never iterated where order matters: looked up by address.
     indexed: HashMap<SocketAddr, Indexed, FixedState>,
-    resources: BTreeMap<Rc<str>, ResourceIndex>,
+    resources: BTreeMap<Arc<str>, ResourceIndex>,
     /// Valid records by name: `(boot, addr)` sorted, newest last (almost always one).
-    by_name: HashMap<Rc<str>, Vec<(u64, SocketAddr)>, FixedState>,
+    by_name: HashMap<Arc<str>, Vec<(u64, SocketAddr)>, FixedState>,
     /// How many names more than one valid record carries (almost always 0).
     shared_names: usize,
     /// XOR of entry hashes per bucket over valid records.
@@ -572,7 +579,7 @@ impl View {
                 self.unindex_all(addr, old, &mut touched);
             }
             let name_hash = name_hash(&record.name);
-            let name: Rc<str> = Rc::from(record.name.as_str());
+            let name: Arc<str> = Arc::from(record.name.as_str());
             let mut indexed = Indexed {
                 name: name.clone(),
                 boot: record.boot,
@@ -643,7 +650,7 @@ impl View {
         touched.extend(old.claims.into_iter().map(|c| c.resource.to_string()));
     }
 
-    fn unindex_claim(&mut self, addr: SocketAddr, name: &Rc<str>, claim: &IndexedClaim) {
+    fn unindex_claim(&mut self, addr: SocketAddr, name: &Arc<str>, claim: &IndexedClaim) {
         let Some(ri) = self.resources.get_mut(&claim.resource) else {
             return;
         };
@@ -669,16 +676,16 @@ impl View {
     fn index_claim(
         &mut self,
         addr: SocketAddr,
-        name: &Rc<str>,
+        name: &Arc<str>,
         record: &Record,
         claim: &crate::record::Claim,
         name_hash: u64,
     ) -> IndexedClaim {
         let score = score_hashed(crate::placement::name_hash(&claim.resource), name_hash);
         let candidate = claim.candidate && record.ready;
-        let resource: Rc<str> = match self.resources.get_key_value(claim.resource.as_str()) {
+        let resource: Arc<str> = match self.resources.get_key_value(claim.resource.as_str()) {
             Some((key, _)) => key.clone(),
-            None => Rc::from(claim.resource.as_str()),
+            None => Arc::from(claim.resource.as_str()),
         };
         let ri = self.resources.entry(resource.clone()).or_default();
         if candidate {
