@@ -8,11 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use crate::core::{
-    Core, CoreConfig, LeaseId, LostReason, NodeState, OwnerInfo, Owners, Stats, Timing,
-};
 use crate::driver::{ClaimShared, ClaimStatus, Command, Driver, Socket};
 use crate::error::{Error, Result};
+use crate::proto::{
+    Core, CoreConfig, LeaseId, LostReason, NodeState, OwnerInfo, Owners, Stats, Timing,
+};
 
 /// How a member stands in a node's view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

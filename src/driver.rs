@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::core::{Core, Event, LeaseId, LostReason, NodeState, Owners};
 use crate::error::Error;
+use crate::proto::{Core, Event, LeaseId, LostReason, NodeState, Owners};
 use crate::wire::MAX_DATAGRAM;
 
 /// The datagram socket the driver runs over: tokio's `UdpSocket`, or a simulated one.
@@ -76,7 +76,7 @@ pub(crate) enum Command {
     },
     Owners {
         resource: String,
-        reply: oneshot::Sender<(Owners, Vec<crate::core::OwnerInfo>)>,
+        reply: oneshot::Sender<(Owners, Vec<crate::proto::OwnerInfo>)>,
     },
     WatchOwners {
         resource: String,

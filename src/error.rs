@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use crate::core::CommandError;
+use crate::proto::CommandError;
 use crate::record::RecordError;
 
 /// Everything that can go wrong when starting or using a [`Node`](crate::Node).
@@ -24,7 +24,7 @@ pub enum Error {
     InvalidName(RecordError),
     /// A timing value is out of range (zero, absurdly long, or inconsistent).
     #[error("invalid timing: {0}")]
-    InvalidTiming(#[from] crate::core::TimingError),
+    InvalidTiming(#[from] crate::proto::TimingError),
     /// An IPv6 advertise or join address with a scope id (link-local).
     #[error(
         "{0} carries an IPv6 scope id: scoped (link-local) addresses cannot be members; use a global or unique-local address"
@@ -60,12 +60,12 @@ pub enum Error {
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl From<crate::core::ConfigError> for Error {
-    fn from(err: crate::core::ConfigError) -> Self {
+impl From<crate::proto::ConfigError> for Error {
+    fn from(err: crate::proto::ConfigError) -> Self {
         match err {
-            crate::core::ConfigError::Name(err) => Error::InvalidName(err),
-            crate::core::ConfigError::Timing(err) => Error::InvalidTiming(err),
-            crate::core::ConfigError::ScopedAddress(addr) => Error::ScopedAddress(addr),
+            crate::proto::ConfigError::Name(err) => Error::InvalidName(err),
+            crate::proto::ConfigError::Timing(err) => Error::InvalidTiming(err),
+            crate::proto::ConfigError::ScopedAddress(addr) => Error::ScopedAddress(addr),
         }
     }
 }

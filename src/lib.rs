@@ -27,7 +27,7 @@
 //! partition elects its own owners; see the README for what is and is not promised.
 //!
 //! The layout follows the architecture: [`placement`] (pure, pinned hashing),
-//! [`record`] (the gossiped state), [`wire`] (the datagram envelope), [`core`] (the
+//! [`record`] (the gossiped state), [`wire`] (the datagram envelope), [`proto`] (the
 //! sans-IO state machine the tokio driver and the simulator both run), and the API types
 //! re-exported here.
 #![forbid(unsafe_code)]
@@ -35,16 +35,16 @@
 #![warn(clippy::all)]
 
 mod api;
-pub mod core;
 #[cfg(feature = "debug")]
 pub mod debug;
 mod driver;
 mod error;
 pub mod placement;
+pub mod proto;
 pub mod record;
 pub mod wire;
 
 pub use api::{Candidacy, Election, Lease, MemberInfo, MemberState, Node, NodeBuilder, NodeInfo};
-pub use core::{LostReason, NodeState, OwnerInfo, Owners, Timing};
 pub use driver::Socket;
 pub use error::{Error, Result};
+pub use proto::{LostReason, NodeState, OwnerInfo, Owners, Timing};

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::NodeId;
+use crate::proto::NodeId;
 use crate::record::Record;
 
 /// First two bytes of every datagram.

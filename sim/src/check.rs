@@ -310,7 +310,7 @@ impl Checks {
     /// Addresses a membership may hold beyond the slots: those retired recently enough to
     /// be kept as down members.
     fn retired_recently(&mut self, now: u64) -> usize {
-        let keep = gossip_election::core::DORMANT_FOR.as_nanos() as u64 + 60 * S;
+        let keep = gossip_election::proto::DORMANT_FOR.as_nanos() as u64 + 60 * S;
         while self.retired.front().is_some_and(|t| *t + keep <= now) {
             self.retired.pop_front();
         }
@@ -695,7 +695,7 @@ impl World {
             }
             if self.nodes[i].fp != fp {
                 let other = self.nodes[first].core.as_ref().expect("up");
-                let version = |c: &gossip_election::core::Core, j: usize| {
+                let version = |c: &gossip_election::proto::Core, j: usize| {
                     c.record(&self.addr_of(j as u32))
                         .map(|r| (r.boot, r.version))
                 };

@@ -1,6 +1,6 @@
 //! Deterministic simulation of gossip-election fleets.
 //!
-//! The simulator drives the library's sans-IO [`Core`](gossip_election::core::Core)
+//! The simulator drives the library's sans-IO [`Core`](gossip_election::proto::Core)
 //! directly, in virtual time, from one seed: one `(time, sequence)` event queue, a network
 //! model per directed link (latency, loss, bursts, duplication, partitions checked at
 //! delivery), node faults (crash, restart with a new boot, pause, clock-rate drift), a
@@ -20,7 +20,7 @@ mod world;
 use std::io::Write;
 use std::time::Instant;
 
-use gossip_election::core::PlantedBugs;
+use gossip_election::proto::PlantedBugs;
 use serde::Serialize;
 
 pub use check::{Effects, Violation};

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gossip_election::core::{Core, CoreConfig, Event, PlantedBugs};
+use gossip_election::proto::{Core, CoreConfig, Event, PlantedBugs};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 

@@ -1,7 +1,7 @@
 //! Each planted bug makes a named checker fire in a named scenario and seed, and the same
 //! run without the bug is clean: the checkers are not blind to the failures they exist for.
 
-use gossip_election::core::PlantedBugs;
+use gossip_election::proto::PlantedBugs;
 use sim::{RunConfig, S, Scenario, run};
 
 fn violations(bugs: PlantedBugs, scenario: Scenario, seed: u64, loss: f64) -> Vec<String> {

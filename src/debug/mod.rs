@@ -30,9 +30,9 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::core::{Core, Event};
 use crate::driver::Command;
 use crate::error::Error;
+use crate::proto::{Core, Event};
 
 /// `GET /v1/node`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +120,7 @@ pub(crate) struct Snapshot {
     pub node: NodeView,
     pub members: Vec<MemberView>,
     pub owners: Vec<OwnersView>,
-    pub stats: crate::core::Stats,
+    pub stats: crate::proto::Stats,
     pub owned: usize,
 }
 
@@ -161,7 +161,7 @@ pub(crate) fn snapshot(core: &Core, now: Duration) -> Snapshot {
     resources.extend(core.own_record().claims.into_iter().map(|c| c.resource));
     resources.sort();
     resources.dedup();
-    let names = |list: Vec<crate::core::OwnerInfo>| list.into_iter().map(|o| o.name).collect();
+    let names = |list: Vec<crate::proto::OwnerInfo>| list.into_iter().map(|o| o.name).collect();
     let owners: Vec<OwnersView> = resources
         .into_iter()
         .map(|resource| {
@@ -216,7 +216,7 @@ impl EventSink {
     }
 
     pub fn publish(&self, core: &Core, now: Duration, event: &Event) {
-        let member = |id: &crate::core::NodeId| {
+        let member = |id: &crate::proto::NodeId| {
             Some(match core.name_at(&id.addr()) {
                 Some(name) => format!("{name}@{}", id.addr()),
                 None => id.addr().to_string(),

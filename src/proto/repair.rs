@@ -14,6 +14,7 @@
 //!   active asks one member for its live members (and again whenever a peer's digest
 //!   says it knows more members); they are applied without re-gossip.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -56,6 +57,29 @@ pub(crate) struct MembersAnswer {
 /// Most `Versions` datagrams answering one digest: in a large fleet many buckets differ
 /// at once (after a heal, say), and one datagram lists only one or two of them.
 const MAX_VERSION_DATAGRAMS: usize = 4;
+
+/// How far this node has synced with the fleet: membership answers, digests, readiness.
+pub(super) struct SyncState {
+    pub(super) ready: bool,
+    /// When the node became ready.
+    pub(super) ready_at: Option<Duration>,
+    /// A peer answered a digest with "same view": this node knows the live records it knows.
+    pub(super) view_confirmed: bool,
+    /// The member this node last sent a digest to: only its "same view" answer counts.
+    pub(super) digest_sent_to: Option<SocketAddr>,
+    /// A whole membership answer arrived since this node last became active.
+    pub(super) members_synced: bool,
+    /// The parts of the membership answer being received.
+    pub(super) members_answer: Option<MembersAnswer>,
+    /// Membership answers this node sent (names the next one).
+    pub(super) members_answers_sent: u32,
+    /// When the membership was last asked for.
+    pub(super) members_asked: Option<Duration>,
+    /// When each asker last got the membership.
+    pub(super) members_answered: BTreeMap<SocketAddr, Duration>,
+    /// The view digest each member last reported, and when.
+    pub(super) reported: BTreeMap<SocketAddr, (u64, Duration)>,
+}
 
 impl Core {
     /// Asks for records this node lacks. Each request lists up to [`PULL_ADDRS`] missing
@@ -129,7 +153,7 @@ impl Core {
         };
         let digest = self.view.digest().to_vec();
         let view = self.view.content_digest();
-        self.digest_sent_to = Some(to);
+        self.sync.digest_sent_to = Some(to);
         self.send_message(
             to,
             &Message::Digest {
@@ -165,7 +189,7 @@ impl Core {
         for k in 0..differing.len() {
             let bucket = differing[(start + k) % differing.len()];
             let more = {
-                let store = super::view::lock(&self.store);
+                let store = super::store::lock(&self.store);
                 self.view.entries_in(1 << bucket, &store)
             };
             let last = &answers.last().expect("never empty").1;
@@ -220,20 +244,20 @@ impl Core {
         }
         if buckets == 0 && entries.is_empty() {
             // "Same view" counts only from the member this node last sent a digest to.
-            if self.digest_sent_to == Some(from) {
-                self.view_confirmed = true;
+            if self.sync.digest_sent_to == Some(from) {
+                self.sync.view_confirmed = true;
                 self.lift_rejoin_bar(now);
             }
             return;
         }
-        if self.digest_sent_to == Some(from) {
+        if self.sync.digest_sent_to == Some(from) {
             self.lift_rejoin_bar(now);
         }
         let mut push: Vec<Record> = Vec::new();
         let mut request: Vec<SocketAddr> = Vec::new();
         {
             // Versions are compared in place: only records that go out are copied.
-            let store = super::view::lock(&self.store);
+            let store = super::store::lock(&self.store);
             for &(addr, boot, version) in entries {
                 let mine = store.records.get(&addr).filter(|r| self.view.is_valid(r));
                 match mine.map(|r| ((r.boot, r.version), r)) {
@@ -247,7 +271,7 @@ impl Core {
         // Our live records in the listed buckets that the peer did not list.
         let listed: std::collections::BTreeSet<SocketAddr> = entries.iter().map(|e| e.0).collect();
         let ours = {
-            let store = super::view::lock(&self.store);
+            let store = super::store::lock(&self.store);
             self.view.entries_in(buckets, &store)
         };
         for (addr, _, _) in ours {
@@ -275,7 +299,7 @@ impl Core {
             return;
         }
         let retry = self.cfg.timing.anti_entropy_interval;
-        if self.members_asked.is_some_and(|at| now < at + retry) {
+        if self.sync.members_asked.is_some_and(|at| now < at + retry) {
             return;
         }
         // A seed that is live answered this node's announce, so it knows this node and
@@ -290,7 +314,7 @@ impl Core {
             .collect();
         let to = match from {
             Some(addr) => addr,
-            None if !seeds.is_empty() && self.members_asked.is_none() => {
+            None if !seeds.is_empty() && self.sync.members_asked.is_none() => {
                 seeds[self.rng.random_range(0..seeds.len())]
             }
             None => match self.view.random_member(&mut self.rng) {
@@ -298,7 +322,7 @@ impl Core {
                 None => return,
             },
         };
-        self.members_asked = Some(now);
+        self.sync.members_asked = Some(now);
         self.send_message(to, &Message::MembersRequest);
     }
 
@@ -310,22 +334,26 @@ impl Core {
         }
         let spacing = self.cfg.timing.anti_entropy_interval / 2;
         if self
+            .sync
             .members_answered
             .get(&from)
             .is_some_and(|at| now < *at + spacing)
         {
             return;
         }
-        self.members_answered.retain(|_, at| now < *at + spacing);
-        self.members_answered.insert(from, now);
+        self.sync
+            .members_answered
+            .retain(|_, at| now < *at + spacing);
+        self.sync.members_answered.insert(from, now);
         let live: Vec<foca::Member<NodeId>> = self
+            .membership
             .foca
             .iter_membership_state()
             .filter(|m| m.state() != foca::State::Down && m.id().addr() != from)
             .map(|m| foca::Member::new(*m.id(), m.incarnation(), foca::State::Alive))
             .collect();
-        self.members_answers_sent = self.members_answers_sent.wrapping_add(1);
-        for datagram in crate::wire::encode_members(self.members_answers_sent, &live) {
+        self.sync.members_answers_sent = self.sync.members_answers_sent.wrapping_add(1);
+        for datagram in crate::wire::encode_members(self.sync.members_answers_sent, &live) {
             self.send(from, datagram);
         }
     }
@@ -351,7 +379,7 @@ impl Core {
                 .or_default() += 1;
             return;
         }
-        let got = match &mut self.members_answer {
+        let got = match &mut self.sync.members_answer {
             Some(pending) if pending.from == from && pending.answer == answer => pending,
             pending => pending.insert(MembersAnswer {
                 from,
@@ -362,8 +390,8 @@ impl Core {
         };
         got.got.insert(part);
         if got.got.len() >= usize::from(got.parts) {
-            self.members_answer = None;
-            self.members_synced = true;
+            self.sync.members_answer = None;
+            self.sync.members_synced = true;
         }
         // An answer to this node's request: its packets get out.
         self.lift_rejoin_bar(now);
@@ -383,7 +411,11 @@ impl Core {
         let updates = members
             .into_iter()
             .filter(|m| m.id().addr() != own && m.state() == foca::State::Alive);
-        if let Err(err) = self.foca.apply_many(updates, false, &mut self.runtime) {
+        if let Err(err) =
+            self.membership
+                .foca
+                .apply_many(updates, false, &mut self.membership.runtime)
+        {
             debug!(%err, "foca refused a membership answer");
         }
         self.drain_runtime(now);

@@ -164,7 +164,7 @@ fn nonzero(n: usize) -> NonZeroUsize {
 
 /// Above this many members a fleet is large: updates are forwarded foca's LAN number of
 /// times, and records are relayed by a sample of the members that hear them (see
-/// `view::relay_probability`): both cost every member work per update, n² in all.
+/// `super::store::relay_probability`): both cost every member work per update, n² in all.
 pub(crate) const LARGE_FLEET: usize = 256;
 
 /// Fewest transmissions of an update in a fleet of up to [`LARGE_FLEET`] members.
@@ -225,7 +225,7 @@ pub struct CoreConfig {
     /// packets naming an identity whose boot is more than [`MAX_BOOT_AHEAD`] ahead of it
     /// (such an identity would win every address conflict for good).
     pub wall_clock: Option<Duration>,
-    /// Report suspicions ([`crate::core::Event::MemberSuspect`]); costs a scan of the
+    /// Report suspicions ([`crate::proto::Event::MemberSuspect`]); costs a scan of the
     /// membership at most every 10 ms, so it is off unless someone watches.
     pub report_suspicions: bool,
     /// Deliberate bugs, for the simulator's own tests.
@@ -327,5 +327,45 @@ mod tests {
         assert_eq!(max_transmissions(256).get(), 13);
         assert_eq!(max_transmissions(257).get(), 9);
         assert_eq!(max_transmissions(1000).get(), 12);
+    }
+}
+
+/// Why a core could not start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The node name is empty or too long.
+    #[error("invalid node name: {0}")]
+    Name(#[from] crate::record::RecordError),
+    /// A timing value is out of range.
+    #[error("invalid timing: {0}")]
+    Timing(#[from] TimingError),
+    /// An IPv6 address with a scope (link-local): the scope does not travel in member
+    /// identities, so peers could not answer.
+    #[error(
+        "{0} carries an IPv6 scope id: scoped (link-local) addresses cannot be members; use a global or unique-local address"
+    )]
+    ScopedAddress(SocketAddr),
+}
+
+/// Whether `addr` is an IPv6 address with a scope id.
+fn is_scoped(addr: &SocketAddr) -> bool {
+    matches!(addr, SocketAddr::V6(a) if a.scope_id() != 0)
+}
+
+impl CoreConfig {
+    /// Checks what a core cannot start with: the name's length, the timing profile and
+    /// timeouts ([`CoreConfig::validate_timing`]), and scoped addresses.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() || self.name.len() > crate::record::MAX_NAME_LEN {
+            return Err(crate::record::RecordError::BadName(self.name.len()).into());
+        }
+        self.validate_timing()?;
+        match std::iter::once(&self.addr)
+            .chain(&self.seeds)
+            .find(|a| is_scoped(a))
+        {
+            Some(scoped) => Err(ConfigError::ScopedAddress(*scoped)),
+            None => Ok(()),
+        }
     }
 }

@@ -13,13 +13,13 @@
 //! Dropping a lease that was not lost steps down: the node yields and stays out of the
 //! candidates for `step_down_backoff`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::{CommandError, Core, CoreTimer, Event, NodeState};
+use super::{CommandError, Core, CoreTimer, Event, NodeState, Owners};
 use crate::record::{RECORD_CAP, validate_resource};
 
 /// Identifies one tenure of one resource on one node.
@@ -102,6 +102,18 @@ impl OwnClaim {
     }
 }
 
+/// The resources this node competes for or watches.
+pub(super) struct Leases {
+    pub(super) claims: BTreeMap<String, OwnClaim>,
+    pub(super) watched: BTreeSet<String>,
+    pub(super) owners_seen: BTreeMap<String, Owners>,
+    /// Resources whose index changed: evaluate them and report their owners.
+    pub(super) dirty: BTreeSet<String>,
+    /// Membership changed: evaluate every claim (its owners change only with its index).
+    pub(super) evaluate_claims: bool,
+    pub(super) next_lease: u64,
+}
+
 impl Core {
     /// Starts competing for `resource` with `tickets`.
     pub fn obtain(
@@ -117,10 +129,15 @@ impl Core {
         if self.leaving || matches!(self.state, NodeState::Superseded | NodeState::Left) {
             return Err(CommandError::NotRunning(self.state));
         }
-        if self.claims.get(resource).is_some_and(|c| !c.withdrawn) {
+        if self
+            .leases
+            .claims
+            .get(resource)
+            .is_some_and(|c| !c.withdrawn)
+        {
             return Err(CommandError::AlreadyCompeting(resource.to_string()));
         }
-        let previous = self.claims.get(resource).cloned();
+        let previous = self.leases.claims.get(resource).cloned();
         let claim = OwnClaim {
             tickets,
             lease: previous
@@ -134,12 +151,12 @@ impl Core {
             mismatch: None,
             escape_at: None,
         };
-        self.claims.insert(resource.to_string(), claim);
+        self.leases.claims.insert(resource.to_string(), claim);
         let size = self.build_record(u64::MAX).encode().len();
         if size > RECORD_CAP {
             match previous {
-                Some(previous) => self.claims.insert(resource.to_string(), previous),
-                None => self.claims.remove(resource),
+                Some(previous) => self.leases.claims.insert(resource.to_string(), previous),
+                None => self.leases.claims.remove(resource),
             };
             return Err(CommandError::RecordFull {
                 resource: resource.to_string(),
@@ -149,7 +166,7 @@ impl Core {
         }
         info!(resource, tickets, "competing");
         self.bump_record(now);
-        self.dirty.insert(resource.to_string());
+        self.leases.dirty.insert(resource.to_string());
         self.after_input(now);
         Ok(())
     }
@@ -157,7 +174,7 @@ impl Core {
     /// Stops competing for `resource` (the seed's `fnRelease`). A held lease is reported
     /// lost and yielded when dropped; a node that does not compete ignores this.
     pub fn withdraw(&mut self, now: Duration, resource: &str) {
-        let Some(claim) = self.claims.get_mut(resource) else {
+        let Some(claim) = self.leases.claims.get_mut(resource) else {
             return;
         };
         claim.withdrawn = true;
@@ -166,7 +183,7 @@ impl Core {
             // ends, so that competing again at once still waits it out.
             LeaseState::Idle if claim.backoff_until.is_some() => {}
             LeaseState::Idle => {
-                self.claims.remove(resource);
+                self.leases.claims.remove(resource);
             }
             LeaseState::Held { .. } => self.lose(now, resource, super::LostReason::Withdrawn),
             LeaseState::Lost { .. } => {}
@@ -179,7 +196,7 @@ impl Core {
     /// The application dropped lease `lease` of `resource`: yield it (and step down if
     /// it was not lost).
     pub fn lease_dropped(&mut self, now: Duration, resource: &str, lease: LeaseId) {
-        let Some(claim) = self.claims.get_mut(resource) else {
+        let Some(claim) = self.leases.claims.get_mut(resource) else {
             return;
         };
         match claim.lease {
@@ -213,12 +230,12 @@ impl Core {
         self.events
             .push_back(Event::StateChanged(NodeState::Leaving));
         self.lose_all(now, super::LostReason::Leaving);
-        for claim in self.claims.values_mut() {
+        for claim in self.leases.claims.values_mut() {
             claim.withdrawn = true;
         }
-        self.claims.retain(|_, c| c.held());
+        self.leases.claims.retain(|_, c| c.held());
         self.bump_record(now);
-        if self.claims.is_empty() {
+        if self.leases.claims.is_empty() {
             self.finish_leave(now, false);
         } else {
             self.schedule(now + self.cfg.handoff_timeout, CoreTimer::LeaveDeadline);
@@ -230,11 +247,11 @@ impl Core {
         if self.state == NodeState::Left {
             return;
         }
-        let resources: Vec<String> = self.claims.keys().cloned().collect();
+        let resources: Vec<String> = self.leases.claims.keys().cloned().collect();
         for resource in resources {
             self.yield_lease(now, &resource, forced);
         }
-        self.claims.clear();
+        self.leases.claims.clear();
         self.bump_record(now);
         // Tell the members directly that nothing is held here any more, then leave.
         let own = self.own_record();
@@ -244,13 +261,17 @@ impl Core {
             self.send_records(addr, std::slice::from_ref(&own));
             self.send_message(addr, &crate::wire::Message::Leaving);
         }
-        if let Err(err) = self.foca.leave_cluster(&mut self.runtime) {
+        if let Err(err) = self
+            .membership
+            .foca
+            .leave_cluster(&mut self.membership.runtime)
+        {
             warn!(%err, "leaving the membership failed");
         }
         self.drain_runtime(now);
-        self.active = false;
+        self.conn.active = false;
         self.state = NodeState::Left;
-        self.timers.clear();
+        self.timers.heap.clear();
         info!("left");
         self.events.push_back(Event::StateChanged(NodeState::Left));
         self.events.push_back(Event::Left);
@@ -258,6 +279,7 @@ impl Core {
 
     pub(super) fn handoff_expired(&mut self, now: Duration, resource: &str, lease: LeaseId) {
         let expired = self
+            .leases
             .claims
             .get(resource)
             .is_some_and(|c| c.lease == LeaseState::Lost { lease });
@@ -271,21 +293,22 @@ impl Core {
     }
 
     pub(super) fn backoff_expired(&mut self, now: Duration, resource: &str) {
-        if let Some(claim) = self.claims.get_mut(resource)
+        if let Some(claim) = self.leases.claims.get_mut(resource)
             && claim.backoff_until.is_some_and(|t| t <= now)
         {
             claim.backoff_until = None;
             if claim.withdrawn && !claim.held() {
-                self.claims.remove(resource);
+                self.leases.claims.remove(resource);
                 return;
             }
             self.bump_record(now);
-            self.dirty.insert(resource.to_string());
+            self.leases.dirty.insert(resource.to_string());
         }
     }
 
     pub(super) fn lose_all(&mut self, now: Duration, reason: super::LostReason) {
         let held: Vec<String> = self
+            .leases
             .claims
             .iter()
             .filter(|(_, c)| matches!(c.lease, LeaseState::Held { .. }))
@@ -297,7 +320,7 @@ impl Core {
     }
 
     fn lose(&mut self, now: Duration, resource: &str, reason: super::LostReason) {
-        let Some(claim) = self.claims.get_mut(resource) else {
+        let Some(claim) = self.leases.claims.get_mut(resource) else {
             return;
         };
         let LeaseState::Held { lease, since } = claim.lease else {
@@ -321,7 +344,7 @@ impl Core {
     }
 
     fn yield_lease(&mut self, now: Duration, resource: &str, forced: bool) {
-        let Some(claim) = self.claims.get_mut(resource) else {
+        let Some(claim) = self.leases.claims.get_mut(resource) else {
             return;
         };
         let lease = match claim.lease {
@@ -330,7 +353,7 @@ impl Core {
         };
         claim.lease = LeaseState::Idle;
         if claim.withdrawn && claim.backoff_until.is_none() && !self.leaving {
-            self.claims.remove(resource);
+            self.leases.claims.remove(resource);
         }
         self.stats.yields += 1;
         info!(resource, forced, "yielded");
@@ -350,8 +373,8 @@ impl Core {
                 self.send_records(addr, std::slice::from_ref(&own));
             }
         }
-        self.dirty.insert(resource.to_string());
-        if self.leaving && !self.claims.values().any(OwnClaim::held) {
+        self.leases.dirty.insert(resource.to_string());
+        if self.leaving && !self.leases.claims.values().any(OwnClaim::held) {
             self.finish_leave(now, forced);
         }
     }
@@ -359,14 +382,14 @@ impl Core {
     /// Reindexes our own record right away, so decisions in this step see it.
     fn after_record_change(&mut self) {
         let own = self.cfg.addr;
-        if !super::view::lock(&self.store).changed.remove(&own) {
+        if !super::store::lock(&self.store).changed.remove(&own) {
             return;
         }
         let touched = {
-            let store = super::view::lock(&self.store);
+            let store = super::store::lock(&self.store);
             self.view.reindex(own, &store, Duration::ZERO)
         };
-        self.dirty.extend(touched);
+        self.leases.dirty.extend(touched);
     }
 
     /// Applies the lease rules to `resource`.
@@ -378,8 +401,8 @@ impl Core {
         let keep_when_displaced = self.bug(|b| b.never_yield_when_displaced);
         let hold_off = !self.bug(|b| b.acquire_before_synced || b.no_ready_hold_off);
         // A disconnected node that still hears the fleet does not run alone.
-        let alone_barred = !self.active && !self.may_run_alone(now);
-        let Some(claim) = self.claims.get_mut(resource) else {
+        let alone_barred = !self.conn.active && !self.may_run_alone(now);
+        let Some(claim) = self.leases.claims.get_mut(resource) else {
             return;
         };
 
@@ -418,7 +441,11 @@ impl Core {
             }
             LeaseState::Lost { .. } => {}
             LeaseState::Idle => {
-                if !(claim.candidate() && desired && self.ready && !self.leaving && !superseded)
+                if !(claim.candidate()
+                    && desired
+                    && self.sync.ready
+                    && !self.leaving
+                    && !superseded)
                     || alone_barred
                 {
                     claim.blocked_since.clear();
@@ -430,9 +457,9 @@ impl Core {
                 }
                 // A node that just became ready waits one probe round trip, so that an
                 // acquisition another node made just before it was ready reaches it.
-                if let Some(ready_at) = self.ready_at.filter(|_| hold_off) {
+                if let Some(ready_at) = self.sync.ready_at.filter(|_| hold_off) {
                     let hold_off = ready_at + self.cfg.timing.probe_rtt;
-                    if self.active && now < hold_off {
+                    if self.conn.active && now < hold_off {
                         if claim.escape_at != Some(hold_off) {
                             claim.escape_at = Some(hold_off);
                             self.schedule(
@@ -499,7 +526,7 @@ impl Core {
                 }
                 let reason = if blocked {
                     "blockers timed out"
-                } else if self.active {
+                } else if self.conn.active {
                     "desired"
                 } else {
                     "desired, running alone"
@@ -510,9 +537,9 @@ impl Core {
     }
 
     fn acquire(&mut self, now: Duration, resource: &str, reason: &str) {
-        let lease = self.next_lease;
-        self.next_lease += 1;
-        let Some(claim) = self.claims.get_mut(resource) else {
+        let lease = self.leases.next_lease;
+        self.leases.next_lease += 1;
+        let Some(claim) = self.leases.claims.get_mut(resource) else {
             return;
         };
         claim.lease = LeaseState::Held { lease, since: now };
@@ -521,6 +548,7 @@ impl Core {
         claim.escape_at = None;
         // A failover: the previous holder went away (suspected or down) before this.
         let gone_since = self
+            .membership
             .lost_since
             .iter()
             .filter(|(addr, _)| !self.view.members.contains_key(addr))
@@ -529,7 +557,8 @@ impl Core {
         if let Some(since) = gone_since {
             self.stats.last_failover = Some(now.saturating_sub(since));
         }
-        self.lost_since
+        self.membership
+            .lost_since
             .retain(|addr, _| self.view.members.contains_key(addr));
         self.stats.acquisitions += 1;
         info!(resource, lease, reason, "acquired");

@@ -102,19 +102,19 @@ fn stranger_gets_no_more_bytes_back_than_it_sent() {
 fn unsolicited_same_view_answer_does_not_confirm_a_view() {
     let mut f = fleet(3);
     f.run_for(Duration::from_millis(20));
-    assert!(f.node(2).active && !f.node(2).view_confirmed);
+    assert!(f.node(2).conn.active && !f.node(2).sync.view_confirmed);
     let same_view = wire::encode(&Message::Versions {
         buckets: 0,
         entries: Vec::new(),
         view: 0,
     });
     for from in [addr(0), addr(1)] {
-        if f.node(2).digest_sent_to != Some(from) {
+        if f.node(2).sync.digest_sent_to != Some(from) {
             let now = f.now;
             f.node(2).handle_datagram(now, from, &same_view);
         }
     }
-    assert!(!f.node(2).view_confirmed);
+    assert!(!f.node(2).sync.view_confirmed);
 }
 
 #[test]
