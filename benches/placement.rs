@@ -4,8 +4,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gossip_election::core::{Core, CoreConfig};
 use gossip_election::placement::desired_owners;
+use gossip_election::proto::{Core, CoreConfig};
 
 fn placement(c: &mut Criterion) {
     for members in [10usize, 100, 1000] {

@@ -9,12 +9,10 @@
 //! leaves gracefully.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
 use gossip_election::Node;
-use tokio::task::JoinHandle;
 
 #[derive(Parser, Debug)]
 #[command(about = "One worker that runs `echo` while it holds a ticket")]
@@ -65,52 +63,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let node = builder.start().await?;
 
-    // The seed: obtain(resource, fnObtain, fnRelease, { tickets }).
-    let timer: Arc<Mutex<Option<JoinHandle<()>>>> = Arc::default();
+    // While this worker holds a ticket, the crate runs the job; when the ticket must go,
+    // it cancels the job and yields only once the job has ended.
     let interval = args.interval;
     let election = node
-        .obtain_with(
-            &args.resource,
-            args.tickets,
-            {
-                let timer = Arc::clone(&timer);
-                move || {
-                    let timer = Arc::clone(&timer);
-                    async move {
-                        let task = tokio::spawn(async move {
-                            let mut tick = tokio::time::interval(interval);
-                            loop {
-                                tick.tick().await;
-                                println!("Hello World, pid: {}", std::process::id());
-                            }
-                        });
-                        *timer.lock().unwrap() = Some(task);
-                    }
-                }
-            },
-            {
-                let timer = Arc::clone(&timer);
-                move |reason| {
-                    let timer = Arc::clone(&timer);
-                    async move {
-                        tracing::info!(%reason, "stopping echo");
-                        if let Some(task) = timer.lock().unwrap().take() {
-                            task.abort();
-                        }
-                    }
-                }
-            },
-        )
+        .run_while_held(&args.resource, args.tickets, move |_tenure| async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                println!("Hello World, pid: {}", std::process::id());
+            }
+        })
         .await?;
 
     shutdown_signal().await;
     tracing::info!("shutting down");
-    // Stop greeting first: the next holder may start the moment we yield.
-    if let Some(task) = timer.lock().unwrap().take() {
-        task.abort();
-    }
-    drop(election);
+    // Leaving cancels the job before the ticket goes to the next worker.
     node.leave().await;
+    drop(election);
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -58,11 +59,21 @@ pub(crate) struct ClaimShared {
     pub handed_out: Mutex<LeaseId>,
 }
 
+/// A read-only look at the core, run on the protocol thread (it replies through a channel
+/// it captured).
+pub(crate) type Inspection = Box<dyn FnOnce(&Core, Duration) + Send>;
+
+/// Sees every event the core reports, with the core as it was then (the debug endpoint's
+/// event stream).
+pub(crate) type Observer = Box<dyn FnMut(&Core, Duration, &Event) + Send>;
+
 /// Requests from the API to the protocol thread.
 pub(crate) enum Command {
     Obtain {
         resource: String,
         tickets: u16,
+        /// The lease is dropped only once a crate-run job has ended (no forced yield).
+        keep_until_dropped: bool,
         reply: oneshot::Sender<Result<Arc<ClaimShared>, Error>>,
     },
     Withdraw {
@@ -82,16 +93,8 @@ pub(crate) enum Command {
         resource: String,
         reply: oneshot::Sender<watch::Receiver<Owners>>,
     },
-    Members {
-        reply: oneshot::Sender<Vec<crate::api::MemberInfo>>,
-    },
-    Inspect {
-        reply: oneshot::Sender<crate::api::NodeInfo>,
-    },
-    #[cfg(feature = "debug")]
-    Debug {
-        reply: oneshot::Sender<crate::debug::Snapshot>,
-    },
+    /// Runs a look at the core (at the driver's current time) on the protocol thread.
+    Inspect(Inspection),
     Leave {
         reply: oneshot::Sender<()>,
     },
@@ -110,8 +113,7 @@ pub(crate) struct Driver<S> {
     pub next_candidacy: u64,
     pub leave_waiters: Vec<oneshot::Sender<()>>,
     pub withdraw_waiters: Vec<(String, oneshot::Sender<()>)>,
-    #[cfg(feature = "debug")]
-    pub debug: Option<crate::debug::EventSink>,
+    pub observer: Option<Observer>,
 }
 
 impl<S: Socket> Driver<S> {
@@ -133,8 +135,7 @@ impl<S: Socket> Driver<S> {
             next_candidacy: 0,
             leave_waiters: Vec::new(),
             withdraw_waiters: Vec::new(),
-            #[cfg(feature = "debug")]
-            debug: None,
+            observer: None,
         }
     }
 
@@ -183,15 +184,19 @@ impl<S: Socket> Driver<S> {
             Command::Obtain {
                 resource,
                 tickets,
+                keep_until_dropped,
                 reply,
             } => {
                 let result = self.core.obtain(now, &resource, tickets);
+                if result.is_ok() && keep_until_dropped {
+                    self.core.keep_until_dropped(&resource);
+                }
                 let _ = reply.send(result.map_err(Error::from).map(|()| {
                     self.next_candidacy += 1;
                     let shared = Arc::new(ClaimShared {
                         candidacy: self.next_candidacy,
                         status: watch::Sender::new(ClaimStatus::default()),
-                        handed_out: Mutex::new(0),
+                        handed_out: Mutex::new(LeaseId::default()),
                     });
                     // A re-obtain while the old lease is still being yielded keeps its state.
                     if let Some(old) = self.claims.insert(resource.clone(), Arc::clone(&shared)) {
@@ -235,16 +240,7 @@ impl<S: Socket> Driver<S> {
                     .or_insert_with(|| watch::Sender::new(owners));
                 let _ = reply.send(sender.subscribe());
             }
-            Command::Members { reply } => {
-                let _ = reply.send(crate::api::members_of(&self.core));
-            }
-            Command::Inspect { reply } => {
-                let _ = reply.send(crate::api::info_of(&self.core, now));
-            }
-            #[cfg(feature = "debug")]
-            Command::Debug { reply } => {
-                let _ = reply.send(crate::debug::snapshot(&self.core, now));
-            }
+            Command::Inspect(look) => look(&self.core, now),
             Command::Leave { reply } => {
                 self.leave_waiters.push(reply);
                 self.core.leave(now);
@@ -286,9 +282,8 @@ impl<S: Socket> Driver<S> {
 
     fn publish(&mut self, event: Event) {
         let now = self.now();
-        #[cfg(feature = "debug")]
-        if let Some(sink) = &self.debug {
-            sink.publish(&self.core, now, &event);
+        if let Some(observe) = &mut self.observer {
+            observe(&self.core, now, &event);
         }
         match event {
             Event::StateChanged(state) => {

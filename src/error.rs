@@ -6,7 +6,12 @@ use crate::proto::CommandError;
 use crate::record::RecordError;
 
 /// Everything that can go wrong when starting or using a [`Node`](crate::Node).
+///
+/// The display text of a variant that wraps an I/O error does not repeat it: the I/O
+/// error is its [`source`](std::error::Error::source), which error reporters (`anyhow`'s
+/// `{:#}`, `tracing`'s error fields) print after it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// `start()` was called without a bind address.
     #[error("no bind address: call NodeBuilder::bind(addr) before start()")]
@@ -24,14 +29,14 @@ pub enum Error {
     InvalidName(RecordError),
     /// A timing value is out of range (zero, absurdly long, or inconsistent).
     #[error("invalid timing: {0}")]
-    InvalidTiming(#[from] crate::proto::TimingError),
+    InvalidTiming(crate::proto::TimingError),
     /// An IPv6 advertise or join address with a scope id (link-local).
     #[error(
         "{0} carries an IPv6 scope id: scoped (link-local) addresses cannot be members; use a global or unique-local address"
     )]
     ScopedAddress(SocketAddr),
     /// Binding the UDP socket failed.
-    #[error("cannot bind UDP socket on {addr}: {source}")]
+    #[error("cannot bind UDP socket on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -39,7 +44,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The debug endpoint could not bind its address.
-    #[error("cannot bind the debug endpoint on {addr}: {source}")]
+    #[error("cannot bind the debug endpoint on {addr}")]
     DebugBind {
         /// The address.
         addr: SocketAddr,
@@ -47,14 +52,20 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The protocol thread could not be started.
-    #[error("cannot start the protocol thread: {0}")]
-    Spawn(std::io::Error),
+    #[error("cannot start the protocol thread")]
+    Spawn(#[source] std::io::Error),
     /// The node refused a command (bad resource name, zero tickets, a second obtain...).
     #[error(transparent)]
     Command(#[from] CommandError),
     /// The node has stopped (left, crashed, or its protocol thread ended).
     #[error("the node has stopped")]
     Stopped,
+}
+
+impl From<crate::proto::TimingError> for Error {
+    fn from(err: crate::proto::TimingError) -> Self {
+        Error::InvalidTiming(err)
+    }
 }
 
 /// `Result` with this crate's [`Error`].

@@ -39,12 +39,17 @@ mod api;
 pub mod debug;
 mod driver;
 mod error;
+mod identity;
 pub mod placement;
 pub mod proto;
 pub mod record;
 pub mod wire;
 
-pub use api::{Candidacy, Election, Lease, MemberInfo, MemberState, Node, NodeBuilder, NodeInfo};
+pub use api::{Candidacy, Election, Lease, Node, NodeBuilder, Tenure};
 pub use driver::Socket;
 pub use error::{Error, Result};
-pub use proto::{LostReason, NodeState, OwnerInfo, Owners, Timing};
+pub use identity::NodeId;
+pub use proto::{
+    CommandError, LeaseId, LostReason, MemberInfo, MemberState, NodeInfo, NodeState, OwnerInfo,
+    Owners, Stats, Timing,
+};

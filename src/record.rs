@@ -52,6 +52,7 @@ pub struct Record {
 
 /// Why a record was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecordError {
     /// The name is empty or longer than [`MAX_NAME_LEN`].
     #[error("node name must be 1..={MAX_NAME_LEN} bytes, got {0}")]

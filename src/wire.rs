@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::NodeId;
+use crate::identity::NodeId;
 use crate::record::Record;
 
 /// First two bytes of every datagram.
@@ -96,6 +96,7 @@ pub enum Datagram<'a> {
 
 /// Why an incoming datagram was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum DropReason {
     /// Larger than [`MAX_DATAGRAM`].
     Size,

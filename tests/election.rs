@@ -258,21 +258,21 @@ async fn invalid_input_returns_typed_errors() {
     let err = |r: Result<gossip_election::Candidacy, Error>| r.unwrap_err();
     assert!(matches!(
         err(node.obtain("", 1).await),
-        Error::Command(gossip_election::core::CommandError::InvalidResource(_))
+        Error::Command(gossip_election::proto::CommandError::InvalidResource(_))
     ));
     assert!(matches!(
         err(node.obtain(&"r".repeat(65), 1).await),
-        Error::Command(gossip_election::core::CommandError::InvalidResource(_))
+        Error::Command(gossip_election::proto::CommandError::InvalidResource(_))
     ));
     assert!(matches!(
         err(node.obtain("echo", 0).await),
-        Error::Command(gossip_election::core::CommandError::ZeroTickets)
+        Error::Command(gossip_election::proto::CommandError::ZeroTickets)
     ));
     let _first = node.obtain("echo", 1).await.unwrap();
     let second = err(node.obtain("echo", 1).await);
     assert!(matches!(
         second,
-        Error::Command(gossip_election::core::CommandError::AlreadyCompeting(_))
+        Error::Command(gossip_election::proto::CommandError::AlreadyCompeting(_))
     ));
     assert!(second.to_string().contains("already competes"));
     let mut kept = Vec::new();
@@ -288,7 +288,7 @@ async fn invalid_input_returns_typed_errors() {
     };
     assert!(matches!(
         full,
-        Error::Command(gossip_election::core::CommandError::RecordFull { .. })
+        Error::Command(gossip_election::proto::CommandError::RecordFull { .. })
     ));
 
     let wildcard = Node::builder("w1")
@@ -306,14 +306,9 @@ async fn invalid_input_returns_typed_errors() {
         builder("").start().await.unwrap_err(),
         Error::InvalidName(_)
     ));
-    let zero = builder("w3")
-        .timing(gossip_election::Timing {
-            anti_entropy_interval: Duration::ZERO,
-            ..gossip_election::Timing::lan()
-        })
-        .start()
-        .await
-        .unwrap_err();
+    let mut timing = gossip_election::Timing::lan();
+    timing.anti_entropy_interval = Duration::ZERO;
+    let zero = builder("w3").timing(timing).start().await.unwrap_err();
     assert!(
         matches!(&zero, Error::InvalidTiming(e) if e.field == "anti_entropy_interval"),
         "{zero}"

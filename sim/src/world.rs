@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gossip_election::proto::{Core, CoreConfig, Event, PlantedBugs};
+use gossip_election::proto::{Core, CoreConfig, Event, LeaseId, PlantedBugs};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
@@ -81,7 +81,7 @@ pub(crate) enum Ev {
         node: u32,
         epoch: u32,
         resource: usize,
-        lease: u64,
+        lease: LeaseId,
     },
     Fault(Fault),
     Sample,
@@ -626,7 +626,7 @@ impl World {
         let mut cfg = CoreConfig::new(slot.name.clone(), addr_at(i, slot.port), slot.boot);
         cfg.seeds = seeds;
         cfg.rng_seed = splitmix64(self.seed ^ splitmix64(u64::from(i) << 20 ^ slot.boot));
-        cfg.bugs = self.bugs;
+        cfg.plant(self.bugs);
         let local = Duration::from_nanos(slot.local(now));
         let mut core = Core::new(cfg, local).expect("valid node config");
         for r in 0..self.plan.tickets.len() {

@@ -144,7 +144,7 @@ pub(crate) fn snapshot(core: &Core, now: Duration) -> Snapshot {
         digest_age_ms: Some(0),
     };
     let members: Vec<MemberView> = std::iter::once(own)
-        .chain(crate::api::members_of(core).into_iter().map(|m| {
+        .chain(core.member_infos().into_iter().map(|m| {
             let reported = core.reported_digests().get(&m.addr);
             MemberView {
                 name: m.name,
@@ -292,7 +292,9 @@ impl AppState {
                 .into_response()
         };
         self.commands
-            .send(Command::Debug { reply: tx })
+            .send(Command::Inspect(Box::new(move |core, now| {
+                let _ = tx.send(snapshot(core, now));
+            })))
             .map_err(|_| unavailable())?;
         rx.await.map_err(|_| unavailable())
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 /// What a node is doing, as it reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
 pub enum NodeState {
     /// Not connected to the fleet: started and not yet synced, or it lost every member
     /// but still hears from some (it reconnects, and does not run alone meanwhile).
@@ -68,6 +69,7 @@ pub struct Owners {
 
 /// Something the core reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// The node's state changed.
     StateChanged(NodeState),
@@ -151,6 +153,7 @@ pub struct Transmit {
 
 /// Why a command was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CommandError {
     /// The resource name is empty or too long.
     #[error("invalid resource name: {0}")]
@@ -180,6 +183,7 @@ pub enum CommandError {
 
 /// Counters, for metrics and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Datagrams handed to the core.
     pub datagrams_in: u64,

@@ -11,6 +11,63 @@ use foca::Member;
 use super::{Core, CoreConfig, NodeId, NodeState, OwnerInfo, Owners, Stats, lease};
 use crate::record::{Claim, Record};
 
+/// How a member stands in a node's view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// Not answering; will be declared down unless it refutes. Still counts as live.
+    Suspect,
+    /// Declared down (or left).
+    Down,
+}
+
+impl MemberState {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Down => "down",
+        }
+    }
+}
+
+/// One member as a node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// The member's name, once its record is known.
+    pub name: Option<String>,
+    /// Its advertise address.
+    pub addr: SocketAddr,
+    /// Its process start.
+    pub boot: u64,
+    /// Its state.
+    pub state: MemberState,
+    /// Its SWIM incarnation.
+    pub incarnation: u16,
+}
+
+/// A snapshot of a node's own state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's name.
+    pub name: String,
+    /// Its advertise address.
+    pub addr: SocketAddr,
+    /// Its process start.
+    pub boot: u64,
+    /// What it is doing.
+    pub state: NodeState,
+    /// Live members it sees, itself excluded.
+    pub live_members: usize,
+    /// Time since it started.
+    pub uptime: Duration,
+    /// Its counters.
+    pub stats: Stats,
+}
+
 impl Core {
     /// This node's current foca identity.
     pub fn id(&self) -> NodeId {
@@ -247,5 +304,37 @@ impl Core {
     /// Every resource some live record claims.
     pub fn resources(&self) -> Vec<String> {
         self.view.resources().map(str::to_string).collect()
+    }
+
+    /// Every member of this node's foca membership (seed placeholders left out), with its
+    /// name once its record is known.
+    pub fn member_infos(&self) -> Vec<MemberInfo> {
+        self.membership()
+            .filter(|m| m.id().boot() != 0)
+            .map(|m| MemberInfo {
+                name: self.name_at(&m.id().addr()).map(str::to_string),
+                addr: m.id().addr(),
+                boot: m.id().boot(),
+                state: match m.state() {
+                    foca::State::Alive => MemberState::Alive,
+                    foca::State::Suspect => MemberState::Suspect,
+                    foca::State::Down => MemberState::Down,
+                },
+                incarnation: m.incarnation(),
+            })
+            .collect()
+    }
+
+    /// A snapshot of this node's own state at `now`.
+    pub fn node_info(&self, now: Duration) -> NodeInfo {
+        NodeInfo {
+            name: self.name().to_string(),
+            addr: self.id().addr(),
+            boot: self.id().boot(),
+            state: self.state(),
+            live_members: self.members().count(),
+            uptime: self.uptime(now),
+            stats: self.stats().clone(),
+        }
     }
 }

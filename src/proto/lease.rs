@@ -22,11 +22,34 @@ use tracing::{info, warn};
 use super::{CommandError, Core, CoreTimer, Event, NodeState, Owners};
 use crate::record::{RECORD_CAP, validate_resource};
 
-/// Identifies one tenure of one resource on one node.
-pub type LeaseId = u64;
+/// Identifies one tenure of one resource on one node: the node numbers its acquisitions
+/// 1, 2, 3, ... from its start, across resources. It tells one tenure from the next on
+/// this node; it is not a fencing token across nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseId(u64);
+
+impl LeaseId {
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    pub(crate) const FIRST: LeaseId = LeaseId(1);
+
+    pub(crate) fn next(self) -> LeaseId {
+        LeaseId(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Why a lease was lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum LostReason {
     /// A higher-ranked candidate became ready (or tickets shrank): the node left the
     /// desired owners.
@@ -90,6 +113,9 @@ pub(crate) struct OwnClaim {
     pub mismatch: Option<u16>,
     /// When the pending escape check fires, if one is scheduled.
     pub escape_at: Option<Duration>,
+    /// The lease is dropped only once a job this crate runs has ended: no forced yield
+    /// (see [`Core::keep_until_dropped`]).
+    pub keep_until_dropped: bool,
 }
 
 impl OwnClaim {
@@ -111,7 +137,7 @@ pub(super) struct Leases {
     pub(super) dirty: BTreeSet<String>,
     /// Membership changed: evaluate every claim (its owners change only with its index).
     pub(super) evaluate_claims: bool,
-    pub(super) next_lease: u64,
+    pub(super) next_lease: LeaseId,
 }
 
 impl Core {
@@ -150,6 +176,7 @@ impl Core {
             missing_blocked_since: None,
             mismatch: None,
             escape_at: None,
+            keep_until_dropped: false,
         };
         self.leases.claims.insert(resource.to_string(), claim);
         let size = self.build_record(u64::MAX).encode().len();
@@ -277,13 +304,27 @@ impl Core {
         self.events.push_back(Event::Left);
     }
 
+    /// Marks the claim on `resource` as one whose lease the application drops only once
+    /// its job has ended (the job is run and cancelled by this crate): a lost lease is then
+    /// not yielded after `handoff_timeout` while the job still runs, only when the lease is
+    /// dropped (or when a leave's deadline passes).
+    pub fn keep_until_dropped(&mut self, resource: &str) {
+        if let Some(claim) = self.leases.claims.get_mut(resource) {
+            claim.keep_until_dropped = true;
+        }
+    }
+
     pub(super) fn handoff_expired(&mut self, now: Duration, resource: &str, lease: LeaseId) {
-        let expired = self
-            .leases
-            .claims
-            .get(resource)
-            .is_some_and(|c| c.lease == LeaseState::Lost { lease });
-        if expired {
+        let Some(claim) = self.leases.claims.get(resource) else {
+            return;
+        };
+        let expired = claim.lease == LeaseState::Lost { lease };
+        if expired && claim.keep_until_dropped {
+            warn!(
+                resource,
+                "the job still runs handoff_timeout after its lease was lost: the ticket is yielded when it ends"
+            );
+        } else if expired {
             warn!(
                 resource,
                 "lease not dropped within handoff_timeout: yielding anyway"
@@ -538,7 +579,7 @@ impl Core {
 
     fn acquire(&mut self, now: Duration, resource: &str, reason: &str) {
         let lease = self.leases.next_lease;
-        self.leases.next_lease += 1;
+        self.leases.next_lease = lease.next();
         let Some(claim) = self.leases.claims.get_mut(resource) else {
             return;
         };
@@ -561,7 +602,7 @@ impl Core {
             .lost_since
             .retain(|addr, _| self.view.members.contains_key(addr));
         self.stats.acquisitions += 1;
-        info!(resource, lease, reason, "acquired");
+        info!(resource, lease = lease.get(), reason, "acquired");
         self.events.push_back(Event::Acquired {
             resource: resource.to_string(),
             lease,

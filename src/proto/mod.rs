@@ -33,7 +33,6 @@
 
 mod connection;
 mod events;
-mod identity;
 mod inspect;
 mod lease;
 mod membership;
@@ -55,8 +54,9 @@ use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use tracing::{debug, warn};
 
+pub use crate::identity::NodeId;
 pub use events::{CommandError, Event, NodeState, OwnerInfo, Owners, Stats, Transmit};
-pub use identity::NodeId;
+pub use inspect::{MemberInfo, MemberState, NodeInfo};
 pub use lease::{LeaseId, LostReason};
 pub use timing::{
     ConfigError, CoreConfig, MAX_BOOT_AHEAD, MAX_INTERVAL, MIN_INTERVAL, PlantedBugs, Timing,
@@ -205,7 +205,7 @@ impl Core {
                 owners_seen: BTreeMap::new(),
                 dirty: BTreeSet::new(),
                 evaluate_claims: false,
-                next_lease: 1,
+                next_lease: LeaseId::FIRST,
             },
             timers: timers::Timers {
                 heap: BinaryHeap::new(),

@@ -23,8 +23,8 @@ use rand::RngExt;
 use tracing::debug;
 
 use super::Core;
-use super::identity::NodeId;
 use super::view::BUCKETS;
+use crate::identity::NodeId;
 use crate::record::Record;
 use crate::wire::{MAX_DATAGRAM, Message};
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::proto::identity::NodeId;
+use crate::identity::NodeId;
 use crate::record::Record;
 
 /// A hasher with fixed keys: lookups only, never iterated where order matters.

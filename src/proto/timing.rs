@@ -11,6 +11,7 @@ use crate::wire::{ENVELOPE_LEN, MAX_DATAGRAM};
 /// Failure detection speed and tolerance of process stalls are one knob: a node that
 /// stalls longer than about `suspect_to_down + probe_period / 2` is declared down.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Timing {
     /// SWIM probe period: each node probes one member this often.
     pub probe_period: Duration,
@@ -201,6 +202,7 @@ pub const MAX_BOOT_AHEAD: Duration = Duration::from_secs(24 * 3600);
 
 /// Everything the sans-IO core needs to start.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct CoreConfig {
     /// Stable, fleet-unique name (ranking uses it).
     pub name: String,
@@ -228,9 +230,8 @@ pub struct CoreConfig {
     /// Report suspicions ([`crate::proto::Event::MemberSuspect`]); costs a scan of the
     /// membership at most every 10 ms, so it is off unless someone watches.
     pub report_suspicions: bool,
-    /// Deliberate bugs, for the simulator's own tests.
-    #[cfg(feature = "planted-bugs")]
-    pub bugs: PlantedBugs,
+    /// Deliberate bugs, for the simulator's own tests (see [`CoreConfig::plant`]).
+    pub(crate) bugs: PlantedBugs,
 }
 
 /// Deliberate bugs the simulator plants to prove its checkers catch them. They take
@@ -266,13 +267,19 @@ impl CoreConfig {
             rng_seed: boot ^ 0x9e37_79b9_7f4a_7c15,
             wall_clock: None,
             report_suspicions: false,
-            #[cfg(feature = "planted-bugs")]
             bugs: PlantedBugs::default(),
         }
     }
 }
 
 impl CoreConfig {
+    /// Plants deliberate bugs, for the simulator's own tests: they take effect only in
+    /// builds with the `planted-bugs` feature, and are ignored otherwise.
+    #[doc(hidden)]
+    pub fn plant(&mut self, bugs: PlantedBugs) {
+        self.bugs = bugs;
+    }
+
     /// Checks the timing profile and the timeouts (each within
     /// [`MIN_INTERVAL`]`..=`[`MAX_INTERVAL`]).
     pub fn validate_timing(&self) -> Result<(), TimingError> {
@@ -332,6 +339,7 @@ mod tests {
 
 /// Why a core could not start.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The node name is empty or too long.
     #[error("invalid node name: {0}")]

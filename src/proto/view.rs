@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::store::{FixedState, Store};
+use crate::identity::NodeId;
 use crate::placement::{name_hash, score_hashed};
-use crate::proto::identity::NodeId;
 use crate::record::Record;
 
 /// Number of anti-entropy digest buckets (at most 32: `Versions` names them in a `u32`).

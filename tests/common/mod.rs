@@ -47,7 +47,7 @@ impl Log {
         self.inner.lock().unwrap().max_holders
     }
 
-    fn acquired(&self, name: &str) {
+    pub fn acquired(&self, name: &str) {
         let mut inner = self.inner.lock().unwrap();
         inner.steps.push(Step::Acquired(name.into()));
         inner.holders.push(name.into());
@@ -62,7 +62,7 @@ impl Log {
             .push(Step::Lost(name.into(), reason));
     }
 
-    fn released(&self, name: &str) {
+    pub fn released(&self, name: &str) {
         let mut inner = self.inner.lock().unwrap();
         inner.steps.push(Step::Released(name.into()));
         inner.holders.retain(|h| h != name);

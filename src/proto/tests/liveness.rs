@@ -48,7 +48,10 @@ fn node_that_lost_every_member_before_it_synced_runs_alone() {
     // w0 connects to w1, which crashes before w0 could confirm its view.
     f.start(0, 1000, &[1]);
     f.run_for(Duration::from_millis(10));
-    assert!(f.node(0).membership.foca.iter_members().count() == 1, "w0 connected");
+    assert!(
+        f.node(0).membership.foca.iter_members().count() == 1,
+        "w0 connected"
+    );
     assert!(!f.node(0).is_ready());
     f.crash(1);
     f.run_for(Duration::from_secs(10));

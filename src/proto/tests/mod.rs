@@ -424,3 +424,51 @@ fn members_back_from_a_partition_are_not_sent_again() {
         assert!(f.node(i).view.missing.is_empty(), "w{i} misses records");
     }
 }
+
+/// A lost lease whose job the crate runs is not yielded after `handoff_timeout` while the
+/// job still runs, and is yielded once dropped.
+#[test]
+fn lease_kept_until_dropped_is_not_forced_out_after_handoff_timeout() {
+    let mut f = Fleet::new();
+    let all: Vec<usize> = (0..5).collect();
+    for i in 1..5 {
+        f.start(i, 1000 + i as u64, &all);
+    }
+    f.run_for(Duration::from_secs(2));
+    f.obtain_all(1..5, "echo", 1);
+    f.node(2).keep_until_dropped("echo");
+    f.run_for(Duration::from_secs(2));
+    assert_eq!(f.holders("echo"), ["w2"]);
+    // The job does not stop: the application never drops the lease.
+    f.auto_drop = false;
+    f.start(0, 2000, &all);
+    let now = f.now;
+    f.node(0).obtain(now, "echo", 1).unwrap();
+    f.flush(addr(0));
+    // Past the handoff timeout, and short of the others' patience with a holder that does
+    // not yield (one anti-entropy period more), w2 still holds and nobody else does.
+    let handoff = f.node(2).config().handoff_timeout;
+    let patience = f.node(2).config().timing.anti_entropy_interval;
+    f.run_for(handoff + patience / 2);
+    assert!(
+        f.events
+            .iter()
+            .any(|(_, a, e)| *a == addr(2) && matches!(e, Event::Lost { .. })),
+        "w2 was told to stop"
+    );
+    assert_eq!(f.holders("echo"), ["w2"], "w2 yielded while its job ran");
+    let lease = f
+        .events
+        .iter()
+        .rev()
+        .find_map(|(_, a, e)| match e {
+            Event::Lost { lease, .. } if *a == addr(2) => Some(*lease),
+            _ => None,
+        })
+        .unwrap();
+    let now = f.now;
+    f.node(2).lease_dropped(now, "echo", lease);
+    f.flush(addr(2));
+    f.run_for(Duration::from_secs(2));
+    assert_eq!(f.holders("echo"), ["w0"]);
+}
