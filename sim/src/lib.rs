@@ -12,6 +12,8 @@
 //! their acquisitions, losses and view changes reach the checkers afterwards in
 //! `(time, node)` order. The trace hash does not depend on the number of threads.
 
+#![forbid(unsafe_code)]
+
 pub mod check;
 pub mod net;
 pub mod scenario;

@@ -1,5 +1,7 @@
 //! `sim run | sweep | replay`: see the README's simulator section.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 use std::time::Duration;
 
