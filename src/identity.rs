@@ -76,7 +76,7 @@ impl fmt::Debug for AddrKey {
 /// worker ranks where it ranked before. On the wire it is `(addr, boot, bump)` with the
 /// address as a `SocketAddr`.
 ///
-/// The address is kept as [`AddrKey`]'s fields, not as an `AddrKey`, and the struct is
+/// The address is kept as `AddrKey`'s fields, not as an `AddrKey`, and the struct is
 /// packed (31 bytes, byte-aligned), so that a foca member is 34 bytes rather than 40:
 /// foca finds a member by walking its member vector, and where memory is cold (a
 /// simulator running a thousand nodes) that walk is bounded by the bytes it touches, not

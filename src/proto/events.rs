@@ -77,7 +77,7 @@ pub enum Event {
     Acquired {
         /// The resource.
         resource: String,
-        /// Identifies this tenure; quote it in [`Core::lease_dropped`].
+        /// Identifies this tenure; quote it in [`Core::lease_dropped`](super::Core::lease_dropped).
         lease: LeaseId,
     },
     /// This node must stop running `resource`; it yields when the lease is dropped.
