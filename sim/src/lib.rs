@@ -17,6 +17,7 @@
 pub mod check;
 pub mod net;
 pub mod scenario;
+mod slots;
 mod world;
 
 use std::io::Write;

@@ -1,4 +1,4 @@
-//! `sim run | sweep | replay`: see the README's simulator section.
+//! `sim run | sweep | replay | scenarios`: see docs/simulator.md.
 
 #![forbid(unsafe_code)]
 

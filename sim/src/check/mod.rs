@@ -5,20 +5,8 @@
 //! and the ground `Truth` of who holds and who competes. `ownership` holds the bounds on
 //! holders (checked as ownership changes), `liveness` the periodic checks.
 //!
-//! | id | invariant | promise |
-//! |---|---|---|
-//! | S1 | `bounded-owners-per-view` | among up nodes with identical views (same live members, same record versions), nodes holding `r` that were not told to stop ≤ tickets |
-//! | S2 | `bounded-owners-per-stable-component` | in a network component (a clique of the true network) with no fault and no false down (a live member declared down: available mode then elects on both sides) for the settle time, and loss ≤ 5 %, holders of `r` among its up nodes ≤ tickets; a node running alone (it reached nobody since it started) is a membership of its own until it joins, and the component is judged again the settle time after it joined |
-//! | P1 | `planned-move-bounded-owners` | with no fault for the settle time and a lossless network, holders of `r` ≤ tickets at every instant, through joins, releases and leaves (two moves by different nodes less than 1 s apart are concurrent: the second counts as a fault; so are two (re)started nodes becoming ready within four mean one-way latencies) |
-//! | S3 | `yield-after-drop` | a node yields a ticket unforced only after its application dropped the lease (a forced yield comes after the handoff timeout) |
-//! | L1 | `convergence-after-heal` | within 30 s of a heal that leaves no loss burst in effect (and no fault follows), every up node sees every up node, all views are equal, and each resource has min(tickets, candidates) holders, the desired ones |
-//! | L2 | `failover-after-crash` | after a holder crashes on a healthy network, another holder appears within suspicion + probe period + 2 s |
-//! | L3 | `no-flap-when-stable` | once converged after the heal, with loss ≤ 5 %, no ownership changes |
-//! | L4 | `bounded-acquisitions-one-way-cut` | while a one-way cut is in effect (and the workload does not churn), no node acquires a resource more than twice in any 60 s (a node that hears the fleet but cannot reach it must not flap between running alone and rejoining) |
-//! | L5 | `no-stale-downs-after-cut` | within 5 s after a one-way cut of a node heals, no other node declares a live member (other than the cut node) down: the cut node's suspicions, raised while its packets did not get out, must not reach the fleet |
-//! | H1 | `every-node-becomes-active` | an up node that started with no fault in effect, and had none since, is connected (or alone) within 15 s |
-//! | H2 | `members-within-addresses` | no node's membership exceeds the distinct addresses (the slots, plus addresses retired within the time down members are kept and a minute), and neither does any other table it keeps per address (records, names, loss times, down members) |
-//! | C | `coverage:*` | a run whose plan partitions the network dropped packets at a partition; an owner crash hit an owner |
+//! What each checker promises, with its id, is tabled once, in `docs/simulator.md`
+//! ("What the checkers promise").
 
 mod liveness;
 mod ownership;
@@ -29,7 +17,7 @@ use serde::Serialize;
 
 use crate::net::Partition;
 use crate::scenario::{MS, Plan, S};
-use crate::world::Slots;
+use crate::slots::Slots;
 
 /// Settle time: how long the network must be free of faults before S2 and P1 apply.
 pub const SETTLE: u64 = 20 * S;

@@ -8,10 +8,10 @@ use std::time::Duration;
 use gossip_election::proto::{Event, LeaseId};
 
 use super::runner::{NodeRun, Out};
-use super::slots::index;
 use super::{Ev, World};
 use crate::net::Partition;
 use crate::scenario::{Fault, MS};
+use crate::slots::index;
 
 /// The name of resource `r`.
 pub(crate) fn resource_name(r: usize) -> String {

@@ -5,16 +5,18 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::World;
 use super::runner::{Done, Env, NodeRun};
-use super::slots::Slot;
+use super::{Queued, World};
 use crate::net::Net;
+use crate::slots::Slot;
 
 /// One node's share of a window, lent to the thread that claims it: the node's slot, its
 /// inbox holding the node's events of the window.
 pub(super) struct Item {
     pub node: u32,
     pub slot: Box<Slot>,
+    /// The node's events of the window.
+    pub inbox: Vec<Queued>,
 }
 
 /// Runs `f` with `helpers` lanes, each serving on a thread of its own. The lanes stop when
@@ -110,13 +112,18 @@ impl Job {
             let Some(item) = self.items.get(k) else {
                 return done;
             };
-            let Item { node, mut slot } = item
+            let Item {
+                node,
+                mut slot,
+                mut inbox,
+            } = item
                 .lock()
                 .expect("item lock")
                 .take()
                 .expect("claimed once");
-            let mut d = NodeRun::new(node, &mut slot, &env, self.window_end).run();
+            let mut d = NodeRun::new(node, &mut slot, &env, self.window_end).run(&mut inbox);
             d.slot = Some(slot);
+            d.inbox = inbox;
             done.push(d);
         }
     }

@@ -8,10 +8,10 @@ use gossip_election::proto::{Core, CoreConfig};
 
 use super::app::resource_name;
 use super::runner::{Env, NodeRun};
-use super::slots::{FIRST_PORT, addr_at};
 use super::{Ev, World, splitmix64};
 use crate::net::Partition;
 use crate::scenario::Fault;
+use crate::slots::{FIRST_PORT, addr_at};
 
 impl World {
     /// Starts node `i` (if down) as its next process start.

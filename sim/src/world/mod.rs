@@ -36,7 +36,6 @@ mod faults;
 mod lanes;
 mod lifecycle;
 mod runner;
-mod slots;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -48,13 +47,13 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
 use crate::check::{Checks, Fleet, Truth};
-use crate::net::{Net, NetConfig};
+use crate::net::{Links, Net, NetConfig};
 use crate::scenario::{Fault, MS, Plan, S};
 
+pub(crate) use crate::slots::Slots;
 pub(crate) use app::resource_name;
 use lanes::{Item, Lane};
 use runner::{Done, Out};
-pub(crate) use slots::Slots;
 
 /// Splits one seed into independent streams.
 pub fn splitmix64(mut x: u64) -> u64 {
@@ -121,7 +120,7 @@ impl Ev {
 }
 
 /// A queued node event: `(time, sequence, event)`.
-type Queued = (u64, u64, Ev);
+pub(super) type Queued = (u64, u64, Ev);
 
 /// The largest per-address tables of any up node at one instant.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -151,6 +150,9 @@ pub struct World {
     slab: Vec<Option<Ev>>,
     free: Vec<u32>,
     pub(crate) nodes: Slots,
+    /// Each node's events of the window being simulated (kept empty, with their capacity,
+    /// between windows).
+    inboxes: Vec<Vec<Queued>>,
     /// Shared with the worker threads while they simulate a window; changed (by faults)
     /// only between windows, when the world holds the only reference.
     pub(crate) net: Arc<Net>,
@@ -192,7 +194,7 @@ impl World {
             burst: plan.burst,
         });
         let n = plan.nodes;
-        let nodes = Slots::new(n, seed);
+        let nodes = Slots::new(n, |i| Links::new(stream(seed, (1 << 32) | i as u64)));
         let checks = Checks::new(&plan);
         let truth = Truth::new(&plan);
         let mut world = World {
@@ -202,6 +204,7 @@ impl World {
             slab: Vec::new(),
             free: Vec::new(),
             nodes,
+            inboxes: (0..n).map(|_| Vec::new()).collect(),
             net: Arc::new(net),
             dropped_by_partition: 0,
             dropped_by_loss: 0,
@@ -359,9 +362,10 @@ impl World {
             for (node, queued) in window.drain(..) {
                 if items.last().is_none_or(|item: &Item| item.node != node) {
                     let slot = self.nodes.lend(node);
-                    items.push(Item { node, slot });
+                    let inbox = std::mem::take(&mut self.inboxes[node as usize]);
+                    items.push(Item { node, slot, inbox });
                 }
-                items.last_mut().expect("pushed").slot.inbox.push(queued);
+                items.last_mut().expect("pushed").inbox.push(queued);
             }
             let done = self.simulate(items, window_end, lanes);
             self.apply(done);
@@ -376,6 +380,7 @@ impl World {
         for mut d in done {
             if let Some(slot) = d.slot.take() {
                 self.nodes.put_back(d.node, slot);
+                self.inboxes[d.node as usize] = std::mem::take(&mut d.inbox);
             }
             let t = &d.tally;
             self.events += t.events;

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use gossip_election::proto::Event;
 
-use super::Ev;
-use super::slots::{Slot, addr_at, index};
+use super::{Ev, Queued};
 use crate::net::Net;
+use crate::slots::{Slot, addr_at, index};
 
 /// What a node did at a time, for the world to apply.
 type Output = (u64, Out);
@@ -49,6 +49,8 @@ pub(super) struct Done {
     pub outputs: Vec<Output>,
     /// The node's slot, to put back (when it was lent).
     pub slot: Option<Box<Slot>>,
+    /// The node's inbox, emptied, to put back with its capacity (when it was lent).
+    pub inbox: Vec<Queued>,
 }
 
 /// What the nodes of a window read: the network, fixed until the next fault.
@@ -96,17 +98,16 @@ impl<'a> NodeRun<'a> {
             tally: self.tally,
             outputs: self.outputs,
             slot: None,
+            inbox: Vec::new(),
         }
     }
 
-    /// Runs the events in the slot's inbox.
-    pub(super) fn run(mut self) -> Done {
-        let mut inbox = std::mem::take(&mut self.slot.inbox);
+    /// Runs the node's events of the window (`inbox`, left empty).
+    pub(super) fn run(mut self, inbox: &mut Vec<Queued>) -> Done {
         for (t, seq, ev) in inbox.drain(..) {
             self.queue.push(Reverse((t, seq, self.evs.len())));
             self.evs.push(Some(ev));
         }
-        self.slot.inbox = inbox;
         while let Some(Reverse((t, _, k))) = self.queue.pop() {
             let ev = self.evs[k].take().expect("queued once");
             let len = match &ev {

@@ -6,8 +6,6 @@ use std::ops::{Index, IndexMut};
 
 use gossip_election::proto::Core;
 
-use super::Queued;
-use super::stream;
 use crate::net::Links;
 
 /// The port every slot's first process uses.
@@ -23,7 +21,7 @@ pub fn addr_at(i: u32, port: u16) -> SocketAddr {
 }
 
 /// The node whose address `addr` is, if it is a node's.
-pub(super) fn index(addr: &SocketAddr) -> Option<u32> {
+pub(crate) fn index(addr: &SocketAddr) -> Option<u32> {
     match addr {
         SocketAddr::V4(a) if a.ip().octets()[..2] == [127, 1] => {
             let o = a.ip().octets();
@@ -38,36 +36,33 @@ pub(crate) struct Slot {
     pub core: Option<Core>,
     /// The node name its processes start with (`n{index}` unless a process with another
     /// node's name was started here).
-    pub(super) name: String,
+    pub(crate) name: String,
     pub epoch: u32,
     pub boot: u64,
     pub drift: f64,
-    pub(super) base_t: u64,
-    pub(super) base_local: u64,
+    pub(crate) base_t: u64,
+    pub(crate) base_local: u64,
     pub paused_until: u64,
-    pub(super) backlog: Vec<(SocketAddr, Vec<u8>)>,
-    pub(super) wake_at: Option<u64>,
+    pub(crate) backlog: Vec<(SocketAddr, Vec<u8>)>,
+    pub(crate) wake_at: Option<u64>,
     pub started: u64,
     pub ever_active: bool,
     /// Runs alone because it reached nobody since it started, and has not joined since: its
     /// membership is itself, whatever the network connects it to.
     pub alone: bool,
     /// Leaving gracefully: start again this long (ns) after it has left.
-    pub(super) restart_after_leave: Option<u64>,
+    pub(crate) restart_after_leave: Option<u64>,
     /// The view fingerprint the checkers last heard of (set as the world hands them the
     /// node's view changes, in `(time, node)` order).
     pub fp: u64,
     /// The fingerprint last reported from the node's own processing.
-    pub(super) fp_out: u64,
+    pub(crate) fp_out: u64,
     /// This node's outgoing links and its own random stream.
-    pub(super) links: Links,
+    pub(crate) links: Links,
     /// The port of its current address.
     pub port: u16,
     /// Its next process starts at a fresh address (the next port) under a fresh name.
-    pub(super) fresh_on_restart: bool,
-    /// The node's events of the window being simulated (kept empty, with its capacity,
-    /// between windows).
-    pub(super) inbox: Vec<Queued>,
+    pub(crate) fresh_on_restart: bool,
 }
 
 impl Slot {
@@ -76,13 +71,13 @@ impl Slot {
     }
 
     /// The node's clock at true time `t`.
-    pub(super) fn local(&self, t: u64) -> u64 {
+    pub(crate) fn local(&self, t: u64) -> u64 {
         self.base_local + ((t - self.base_t) as f64 * (1.0 + self.drift)) as u64
     }
 
     /// The first true time at which the node's clock has reached `local`, and not before
     /// `now`.
-    pub(super) fn true_time(&self, local: u64, now: u64) -> u64 {
+    pub(crate) fn true_time(&self, local: u64, now: u64) -> u64 {
         if local <= self.base_local {
             return now;
         }
@@ -92,7 +87,7 @@ impl Slot {
     }
 
     /// From `now` on, the node's clock runs at rate `1 + drift`.
-    pub(super) fn rebase(&mut self, now: u64, drift: f64) {
+    pub(crate) fn rebase(&mut self, now: u64, drift: f64) {
         self.base_local = self.local(now);
         self.base_t = now;
         self.drift = drift;
@@ -105,7 +100,7 @@ pub(crate) struct Slots(Vec<Option<Box<Slot>>>);
 
 impl Slots {
     /// `n` slots, all down, none started yet.
-    pub(super) fn new(n: usize, seed: u64) -> Self {
+    pub(crate) fn new(n: usize, mut links: impl FnMut(usize) -> Links) -> Self {
         let slots = (0..n)
             .map(|i| Slot {
                 core: None,
@@ -126,8 +121,7 @@ impl Slots {
                 restart_after_leave: None,
                 fp: 0,
                 fp_out: 0,
-                links: Links::new(stream(seed, (1 << 32) | i as u64)),
-                inbox: Vec::new(),
+                links: links(i),
             })
             .map(|slot| Some(Box::new(slot)))
             .collect();
@@ -147,13 +141,13 @@ impl Slots {
         addr_at(i, self[i as usize].port)
     }
 
-    pub(super) fn lend(&mut self, node: u32) -> Box<Slot> {
+    pub(crate) fn lend(&mut self, node: u32) -> Box<Slot> {
         self.0[node as usize]
             .take()
             .expect("a slot is lent once a window")
     }
 
-    pub(super) fn put_back(&mut self, node: u32, slot: Box<Slot>) {
+    pub(crate) fn put_back(&mut self, node: u32, slot: Box<Slot>) {
         self.0[node as usize] = Some(slot);
     }
 }
