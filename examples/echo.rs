@@ -1,4 +1,4 @@
-//! One worker of a fleet, the seed's example: while this worker holds `echo`, it prints
+//! One worker of a fleet: while this worker holds `echo`, it prints
 //! `Hello World, pid: <pid>` at once and then every interval.
 //!
 //! ```text

@@ -198,7 +198,7 @@ impl Core {
         Ok(())
     }
 
-    /// Stops competing for `resource` (the seed's `fnRelease`). A held lease is reported
+    /// Stops competing for `resource`. A held lease is reported
     /// lost and yielded when dropped; a node that does not compete ignores this.
     pub fn withdraw(&mut self, now: Duration, resource: &str) {
         let Some(claim) = self.leases.claims.get_mut(resource) else {

@@ -36,7 +36,8 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// The LAN default: failover in about 1.5–2 s, tolerating stalls up to about 1 s.
+    /// The LAN default: a crash fails over in about 1.3 s, and stalls up to about 1 s are
+    /// tolerated.
     pub fn lan() -> Self {
         Timing {
             probe_period: Duration::from_millis(200),
