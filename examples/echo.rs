@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use gossip_election::Node;
+use gossip_election::{Keyring, Node, Plaintext};
 
 #[derive(Parser, Debug)]
 #[command(about = "One worker that runs `echo` while it holds a ticket")]
@@ -41,6 +41,20 @@ struct Args {
     /// How often to greet while holding it (e.g. 2s, 100ms).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     interval: Duration,
+    /// Cluster keys, one hex key (64 digits) a line: the first seals, all open.
+    #[arg(long)]
+    key_file: Option<std::path::PathBuf>,
+    /// With keys, how to treat plaintext while a fleet turns keys on: `send` (send
+    /// plaintext, accept both), `accept` (send sealed, accept both), `refuse`.
+    #[arg(long, default_value = "refuse")]
+    plaintext: PlaintextArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PlaintextArg {
+    Send,
+    Accept,
+    Refuse,
 }
 
 #[tokio::main]
@@ -57,6 +71,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = Node::builder(&args.name).bind(args.bind).join(args.join);
     if let Some(advertise) = args.advertise {
         builder = builder.advertise(advertise);
+    }
+    if let Some(path) = &args.key_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("cannot read the key file {}: {err}", path.display()))?;
+        let keys = Keyring::parse(&text)
+            .map_err(|err| format!("the key file {}: {err}", path.display()))?;
+        builder = builder.keys(keys).plaintext(match args.plaintext {
+            PlaintextArg::Send => Plaintext::SendAndAccept,
+            PlaintextArg::Accept => Plaintext::Accept,
+            PlaintextArg::Refuse => Plaintext::Refuse,
+        });
     }
     if let Some(debug) = args.debug_addr {
         builder = builder.debug_addr(debug);

@@ -19,6 +19,7 @@ use tracing::debug;
 
 use crate::error::Error;
 use crate::proto::{Core, Event, LeaseId, LostReason, NodeState, Owners};
+use crate::seal::{SEAL_OVERHEAD, Sealer};
 use crate::wire::MAX_DATAGRAM;
 
 /// The datagram socket the driver runs over: tokio's `UdpSocket`, or a simulated one.
@@ -114,6 +115,8 @@ pub(crate) struct Driver<S> {
     pub leave_waiters: Vec<oneshot::Sender<()>>,
     pub withdraw_waiters: Vec<(String, oneshot::Sender<()>)>,
     pub observer: Option<Observer>,
+    /// Seals and opens datagrams, when the node has keys.
+    pub sealer: Option<Sealer>,
 }
 
 impl<S: Socket> Driver<S> {
@@ -136,6 +139,7 @@ impl<S: Socket> Driver<S> {
             leave_waiters: Vec::new(),
             withdraw_waiters: Vec::new(),
             observer: None,
+            sealer: None,
         }
     }
 
@@ -144,7 +148,7 @@ impl<S: Socket> Driver<S> {
     }
 
     pub async fn run(mut self) {
-        let mut buf = vec![0u8; MAX_DATAGRAM + 512];
+        let mut buf = vec![0u8; MAX_DATAGRAM + SEAL_OVERHEAD + 512];
         loop {
             self.flush().await;
             if self.core.state() == NodeState::Left {
@@ -160,7 +164,12 @@ impl<S: Socket> Driver<S> {
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((len, from)) => {
                         let now = self.now();
-                        self.core.handle_datagram(now, from, &buf[..len]);
+                        let data = &buf[..len];
+                        match self.sealer.as_mut().map(|s| s.open(data)) {
+                            None => self.core.handle_datagram(now, from, data),
+                            Some(Ok(plain)) => self.core.handle_datagram(now, from, &plain),
+                            Some(Err(reason)) => self.core.handle_dropped(from, len, reason),
+                        }
                     }
                     Err(err) => debug!(%err, "receive failed"),
                 },
@@ -253,11 +262,19 @@ impl<S: Socket> Driver<S> {
     /// publishing can queue more of either (a lost lease nobody picked up is dropped at
     /// once, which yields it, and may complete a leave).
     async fn flush(&mut self) {
+        // A raised boot names a newer process: receivers' replay guards take it as one.
+        if let Some(sealer) = self.sealer.as_mut() {
+            sealer.set_boot(self.core.id().boot());
+        }
         loop {
             let mut progressed = false;
             while let Some(transmit) = self.core.poll_transmit() {
                 progressed = true;
-                if let Err(err) = self.socket.send_to(&transmit.data, transmit.to).await {
+                let data = match self.sealer.as_mut() {
+                    Some(sealer) => sealer.seal(&transmit.data),
+                    None => std::borrow::Cow::Borrowed(transmit.data.as_slice()),
+                };
+                if let Err(err) = self.socket.send_to(&data, transmit.to).await {
                     debug!(to = %transmit.to, %err, "send failed");
                 }
             }

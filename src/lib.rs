@@ -43,6 +43,7 @@ mod identity;
 pub mod placement;
 pub mod proto;
 pub mod record;
+pub mod seal;
 pub mod wire;
 
 pub use api::{Candidacy, Election, Lease, Node, NodeBuilder, Tenure};
@@ -53,3 +54,4 @@ pub use proto::{
     CommandError, LeaseId, LostReason, MemberInfo, MemberState, NodeInfo, NodeState, OwnerInfo,
     Owners, Stats, Timing,
 };
+pub use seal::{Key, KeyError, Keyring, Plaintext};

@@ -29,6 +29,9 @@ pub enum Kind {
     Foca = 1,
     /// An election message ([`Message`]).
     Election = 2,
+    /// An authenticated, encrypted datagram: a nonce, then another datagram (with its own
+    /// envelope) sealed with a cluster key (see [`crate::seal`]).
+    Sealed = 3,
 }
 
 /// The election's own datagrams: record repair and anti-entropy.
@@ -111,16 +114,24 @@ pub enum DropReason {
     Invalid,
     /// Names an identity whose boot is absurdly far ahead of this node's clock.
     Identity,
+    /// Failed authentication: sealed with a key this node does not have, altered, or sent
+    /// in plaintext to a node that requires keys (or sealed, to a node without any).
+    Auth,
+    /// Authentic, but a replay: a datagram already received, or one from an older process
+    /// at its address.
+    Replay,
 }
 
 impl DropReason {
     /// Every reason, in the order metrics list them.
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Decode,
         DropReason::Version,
         DropReason::Size,
         DropReason::Invalid,
         DropReason::Identity,
+        DropReason::Auth,
+        DropReason::Replay,
     ];
 
     /// A short label, for logs and metrics.
@@ -131,6 +142,8 @@ impl DropReason {
             DropReason::Version => "version",
             DropReason::Invalid => "invalid",
             DropReason::Identity => "identity",
+            DropReason::Auth => "auth",
+            DropReason::Replay => "replay",
         }
     }
 }
@@ -249,6 +262,8 @@ pub fn decode(data: &[u8]) -> Result<Datagram<'_>, DropReason> {
         k if k == Kind::Election as u8 => postcard::from_bytes(payload)
             .map(Datagram::Election)
             .map_err(|_| DropReason::Decode),
+        // Sealed with a key, and it reached the core unopened: this node has no keys.
+        k if k == Kind::Sealed as u8 => Err(DropReason::Auth),
         _ => Err(DropReason::Decode),
     }
 }
@@ -286,5 +301,22 @@ mod tests {
         ]));
         truncated.truncate(truncated.len() - 2);
         assert_eq!(decode(&truncated).unwrap_err(), DropReason::Decode);
+    }
+
+    /// The rolling-upgrade path: a newer build appends message kinds within this wire
+    /// version; an older build drops one of those as undecodable (and counts it) and goes
+    /// on reading every message it knows.
+    #[test]
+    fn a_message_kind_appended_by_a_newer_build_is_dropped_alone() {
+        // `Leaving` is the last kind this build knows; its index plus one is the next.
+        let known = encode(&Message::Leaving);
+        let mut newer = known.clone();
+        *newer.last_mut().unwrap() += 1;
+        newer.extend_from_slice(&[3, 1, 2, 3]);
+        assert_eq!(decode(&newer).unwrap_err(), DropReason::Decode);
+        assert!(matches!(
+            decode(&known).unwrap(),
+            Datagram::Election(Message::Leaving)
+        ));
     }
 }

@@ -69,6 +69,15 @@ fn available(test: &str) -> bool {
     }
 }
 
+/// Says, past the test harness's capture, how long a namespace test took (CI prints it).
+fn took(test: &str, start: Instant) {
+    let line = format!(
+        "netns: {test} passed in {:.1} s\n",
+        start.elapsed().as_secs_f64()
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+}
+
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
     assert!(
@@ -89,14 +98,21 @@ struct Worker {
 struct Net {
     prefix: String,
     workers: Vec<Option<Worker>>,
+    /// Holds the key files: `fleet.key` (every node's) and `other.key`.
+    keys: std::path::PathBuf,
 }
 
 impl Net {
     fn new(test: &str) -> Net {
         let prefix = format!("ge-{}-{test}-", std::process::id());
+        let keys = std::env::temp_dir().join(format!("{prefix}keys"));
+        std::fs::create_dir_all(&keys).unwrap();
+        std::fs::write(keys.join("fleet.key"), format!("{}\n", "5a".repeat(32))).unwrap();
+        std::fs::write(keys.join("other.key"), format!("{}\n", "a5".repeat(32))).unwrap();
         let net = Net {
             prefix,
             workers: Vec::new(),
+            keys,
         };
         let br = net.ns_bridge();
         sh(&["ip", "netns", "add", &br]);
@@ -146,18 +162,21 @@ impl Net {
 
     fn start_all(&mut self) {
         for i in 1..=NODES {
-            let worker = self.spawn(i);
+            let worker = self.spawn(i, "fleet.key");
             self.workers.push(Some(worker));
         }
     }
 
-    fn spawn(&self, i: usize) -> Worker {
+    /// Starts node `i` with the key file `key` of [`Net::keys`].
+    fn spawn(&self, i: usize, key: &str) -> Worker {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns(i)])
             .arg(echo_binary())
             .args(["--name", &format!("w{i}")])
             .args(["--bind", &format!("{}:7946", ip(i))])
             .args(["--interval", "100ms"])
+            .arg("--key-file")
+            .arg(self.keys.join(key))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -304,6 +323,7 @@ impl Drop for Net {
         for i in 1..=self.workers.len() {
             self.kill(i);
         }
+        let _ = std::fs::remove_dir_all(&self.keys);
         for ns in (1..=NODES).map(|i| self.ns(i)).chain([self.ns_bridge()]) {
             let _ = Command::new("ip")
                 .args(["netns", "del", &ns])
@@ -322,6 +342,7 @@ fn one_owner_under_loss_and_kill_9_moves_it() {
     if !available("one_owner_under_loss_and_kill_9_moves_it") {
         return;
     }
+    let start = Instant::now();
     let mut net = Net::new("loss");
     net.loss(0.05);
     net.start_all();
@@ -329,6 +350,7 @@ fn one_owner_under_loss_and_kill_9_moves_it() {
     net.kill(owner);
     let next = net.one_owner("a new owner after kill -9");
     assert_ne!(next, owner);
+    took("one_owner_under_loss_and_kill_9_moves_it", start);
 }
 
 #[test]
@@ -336,6 +358,7 @@ fn halves_elect_on_both_sides_and_the_heal_leaves_one_owner() {
     if !available("halves_elect_on_both_sides_and_the_heal_leaves_one_owner") {
         return;
     }
+    let start = Instant::now();
     let mut net = Net::new("halves");
     net.start_all();
     net.one_owner("one owner before the partition");
@@ -346,6 +369,10 @@ fn halves_elect_on_both_sides_and_the_heal_leaves_one_owner() {
     });
     net.partition(&a, &b, false);
     net.one_owner("one owner after the heal");
+    took(
+        "halves_elect_on_both_sides_and_the_heal_leaves_one_owner",
+        start,
+    );
 }
 
 #[test]
@@ -353,6 +380,7 @@ fn node_cut_off_one_way_does_not_flap() {
     if !available("node_cut_off_one_way_does_not_flap") {
         return;
     }
+    let start = Instant::now();
     let mut net = Net::new("oneway");
     net.start_all();
     let owner = net.one_owner("one owner before the cut");
@@ -376,4 +404,41 @@ fn node_cut_off_one_way_does_not_flap() {
         net.cut_one_way(cut, false);
         net.one_owner("one owner after the cut healed");
     }
+    took("node_cut_off_one_way_does_not_flap", start);
+}
+
+#[test]
+fn node_with_the_wrong_key_stays_alone_and_the_fleet_keeps_its_owner() {
+    if !available("node_with_the_wrong_key_stays_alone_and_the_fleet_keeps_its_owner") {
+        return;
+    }
+    let start = Instant::now();
+    let mut net = Net::new("wrongkey");
+    for i in 1..NODES {
+        let worker = net.spawn(i, "fleet.key");
+        net.workers.push(Some(worker));
+    }
+    let owner = net.one_owner("one owner among the keyed nodes");
+    let outsider = NODES;
+    let worker = net.spawn(outsider, "other.key");
+    net.workers.push(Some(worker));
+    // The outsider reaches nobody, so it runs alone and runs echo itself; the fleet never
+    // hears it, so its owner stays, and the two print side by side.
+    let printing = net.wait_for("the outsider running alone beside the fleet's owner", |p| {
+        p == [owner, outsider]
+    });
+    assert_eq!(printing, [owner, outsider]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        net.printing(Duration::from_secs(2)),
+        [owner, outsider],
+        "the outsider joined the fleet, or the fleet's owner changed"
+    );
+    // Without the outsider, the fleet is as it was.
+    net.kill(outsider);
+    assert_eq!(net.one_owner("the fleet's owner alone again"), owner);
+    took(
+        "node_with_the_wrong_key_stays_alone_and_the_fleet_keeps_its_owner",
+        start,
+    );
 }

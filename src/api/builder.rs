@@ -11,6 +11,7 @@ use super::{Node, NodeInner};
 use crate::driver::{Driver, Socket};
 use crate::error::{Error, Result};
 use crate::proto::{Core, CoreConfig, NodeState, Timing};
+use crate::seal::{Keyring, Plaintext, Sealer};
 
 /// Configures and starts a [`Node`].
 #[derive(Clone, Debug)]
@@ -24,6 +25,8 @@ pub struct NodeBuilder {
     handoff_timeout: Duration,
     step_down_backoff: Duration,
     boot: Option<u64>,
+    keys: Keyring,
+    plaintext: Plaintext,
     #[cfg(feature = "debug")]
     debug_addr: Option<SocketAddr>,
 }
@@ -40,9 +43,39 @@ impl NodeBuilder {
             handoff_timeout: Duration::from_secs(5),
             step_down_backoff: Duration::from_secs(5),
             boot: None,
+            keys: Keyring::default(),
+            plaintext: Plaintext::default(),
             #[cfg(feature = "debug")]
             debug_addr: None,
         }
+    }
+
+    /// Authenticates and encrypts every datagram with the cluster `keys` (see
+    /// [`Keyring`]): a node without a key the fleet uses can neither join it nor learn or
+    /// change anything in it. Without keys (the default) gossip is plaintext, and a
+    /// warning says so at start.
+    pub fn keys(mut self, keys: Keyring) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// How a node with keys treats plaintext (default [`Plaintext::Refuse`]): the steps
+    /// of turning keys on in a running plaintext fleet, one node at a time.
+    pub fn plaintext(mut self, plaintext: Plaintext) -> Self {
+        self.plaintext = plaintext;
+        self
+    }
+
+    /// The sealer for a process that started as `boot`, or `None` (and a warning) without
+    /// keys.
+    fn sealer(&self, advertise: SocketAddr, boot: u64) -> Option<Sealer> {
+        let sealer = Sealer::new(&self.keys, self.plaintext, advertise, boot);
+        if sealer.is_none() {
+            tracing::warn!(
+                "gossip is neither authenticated nor encrypted: anyone who can send UDP to this node can join the fleet; set NodeBuilder::keys"
+            );
+        }
+        sealer
     }
 
     /// Serves the read-only debug endpoint (dashboard, JSON, events, Prometheus metrics)
@@ -153,7 +186,8 @@ impl NodeBuilder {
         let core = Core::new(cfg, origin.elapsed())?;
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(NodeState::Joining);
-        let driver = Driver::new(socket, core, origin, commands, state_tx);
+        let mut driver = Driver::new(socket, core, origin, commands, state_tx);
+        driver.sealer = self.sealer(advertise, boot);
         let span = tracing::info_span!("node", name = %self.name);
         let node = Node {
             inner: Arc::new(NodeInner {
@@ -199,6 +233,7 @@ impl NodeBuilder {
         }
         let boot = self.boot_or_now();
         let cfg = self.core_config(advertise, boot);
+        let sealer = self.sealer(advertise, boot);
         #[cfg(feature = "debug")]
         let debug = self
             .debug_addr
@@ -247,8 +282,8 @@ impl NodeBuilder {
                             }
                         };
                         let _ = started_tx.send(Ok(()));
-                        #[cfg_attr(not(feature = "debug"), allow(unused_mut))]
                         let mut driver = Driver::new(socket, core, origin, commands, state_tx);
+                        driver.sealer = sealer;
                         #[cfg(feature = "debug")]
                         if let Some(sink) = sink {
                             driver.observer = Some(Box::new(move |core, now, event| {

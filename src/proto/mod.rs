@@ -323,6 +323,15 @@ impl Core {
         self.after_input(now);
     }
 
+    /// Counts a datagram of `len` bytes from `from` that the caller dropped before it
+    /// reached the core (it failed authentication, or it was a replay): it shows in
+    /// [`Stats::dropped`] like the core's own drops.
+    pub fn handle_dropped(&mut self, from: SocketAddr, len: usize, reason: DropReason) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += len as u64;
+        self.drop_datagram(from, reason);
+    }
+
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Duration) {
         while let Some(Reverse((at, _, _))) = self.timers.heap.peek() {

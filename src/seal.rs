@@ -1,0 +1,509 @@
+//! Authenticated, encrypted datagrams: a cluster keyring, sealing and opening, and the
+//! replay guard.
+//!
+//! A sealed datagram is `magic "GE" | version | kind 3 | sender (8 bytes) | nonce (24
+//! bytes) | ciphertext | tag (16 bytes)`: XChaCha20-Poly1305 over a whole plain datagram
+//! (its own envelope included), with everything before the nonce as associated data, so a
+//! changed magic, version, kind or sender fails authentication too. The first key of the
+//! [`Keyring`] seals; every key opens. [`SEAL_OVERHEAD`] bytes more than the plain
+//! datagram.
+//!
+//! `sender` names the sending node's advertise address (a hash of it); the nonce is
+//! `salt (8 random bytes, drawn once per process) | boot (8 bytes LE) | counter (8 bytes
+//! LE, one more for every datagram)`: unique for as long as a process runs (the salt keeps
+//! two processes with the same boot apart), and, being authenticated, what the replay
+//! guard reads. A receiver keeps, per sender (whatever address a datagram arrives from),
+//! the newest `(boot, salt)` it opened and a window of the last [`WINDOW`] counters: it
+//! refuses a counter already seen or older than the window, and anything from an older
+//! boot. See `docs/design.md` for what this does and does not stop.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+
+use chacha20poly1305::aead::rand_core::RngCore;
+use chacha20poly1305::aead::{AeadInPlace, KeyInit, OsRng};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+
+use crate::wire::{DropReason, ENVELOPE_LEN, Kind, MAGIC, MAX_DATAGRAM, VERSION};
+
+/// Bytes a sealed datagram adds to the plain one: envelope, sender, nonce and tag.
+pub const SEAL_OVERHEAD: usize = ENVELOPE_LEN + SENDER_LEN + NONCE_LEN + TAG_LEN;
+const SENDER_LEN: usize = 8;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+/// The authenticated header: envelope and sender.
+const AAD_LEN: usize = ENVELOPE_LEN + SENDER_LEN;
+/// Counters of one sender accepted out of order, behind its newest.
+pub const WINDOW: u64 = 64;
+/// Senders the replay guard remembers; the one heard from first goes when a new one comes.
+pub const MAX_SENDERS: usize = 4096;
+
+/// One 32-byte cluster key. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Key([u8; 32]);
+
+impl Key {
+    /// A key from its 32 bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Key {
+        Key(bytes)
+    }
+
+    /// A key from 64 hexadecimal digits (surrounding whitespace ignored).
+    pub fn from_hex(hex: &str) -> Result<Key, KeyError> {
+        let hex = hex.trim();
+        if hex.len() != 64 {
+            return Err(KeyError::Length(hex.len()));
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| KeyError::NotHex)?;
+        }
+        Ok(Key(bytes))
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+/// Why a key did not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// Not 64 hexadecimal digits long.
+    #[error("a key is 64 hexadecimal digits (32 bytes), not {0}")]
+    Length(usize),
+    /// A character that is not a hexadecimal digit.
+    #[error("a key holds only hexadecimal digits")]
+    NotHex,
+    /// A key file with no key in it.
+    #[error("the key file holds no key")]
+    Empty,
+}
+
+/// The cluster keys: the first seals what this node sends, every one opens what it
+/// receives. To rotate without downtime: add the new key (second) on every node, then
+/// make it first on every node, then remove the old one.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Keyring {
+    keys: Vec<Key>,
+}
+
+impl Keyring {
+    /// A keyring of `keys`, the first one sealing.
+    pub fn new(keys: impl IntoIterator<Item = Key>) -> Keyring {
+        Keyring {
+            keys: keys.into_iter().collect(),
+        }
+    }
+
+    /// Parses a key file: one key a line, 64 hexadecimal digits; blank lines and lines
+    /// starting with `#` are skipped.
+    pub fn parse(text: &str) -> Result<Keyring, KeyError> {
+        let keys = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(Key::from_hex)
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        Ok(Keyring { keys })
+    }
+
+    /// Whether it holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Keyring({} keys)", self.keys.len())
+    }
+}
+
+/// How a node with keys treats plaintext: the steps of turning keys on in a running
+/// plaintext fleet, one node at a time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Plaintext {
+    /// Send plaintext, accept both (step 1: every node learns to open sealed datagrams).
+    SendAndAccept,
+    /// Send sealed, accept both (step 2: every node seals).
+    Accept,
+    /// Send sealed, refuse plaintext (step 3, and the default with keys).
+    #[default]
+    Refuse,
+}
+
+/// Seals what a node sends and opens what it receives. A node's driver holds one when
+/// the node has keys; it is public for tools that speak the wire format (fuzzers,
+/// captures, test harnesses).
+pub struct Sealer {
+    ciphers: Vec<XChaCha20Poly1305>,
+    plaintext: Plaintext,
+    /// Names this node's advertise address to receivers.
+    sender: [u8; SENDER_LEN],
+    boot: u64,
+    salt: [u8; 8],
+    counter: u64,
+    guard: ReplayGuard,
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealer")
+            .field("keys", &self.ciphers.len())
+            .field("plaintext", &self.plaintext)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sealer {
+    /// A sealer for the process that started as `boot` and is reached at `addr`; `None`
+    /// for an empty keyring.
+    pub fn new(
+        keys: &Keyring,
+        plaintext: Plaintext,
+        addr: SocketAddr,
+        boot: u64,
+    ) -> Option<Sealer> {
+        let mut salt = [0u8; 8];
+        OsRng.fill_bytes(&mut salt);
+        Sealer::with_salt(keys, plaintext, addr, boot, salt)
+    }
+
+    fn with_salt(
+        keys: &Keyring,
+        plaintext: Plaintext,
+        addr: SocketAddr,
+        boot: u64,
+        salt: [u8; 8],
+    ) -> Option<Sealer> {
+        if keys.is_empty() {
+            return None;
+        }
+        let sender = xxhash_rust::xxh3::xxh3_64(addr.to_string().as_bytes()).to_le_bytes();
+        Some(Sealer {
+            sender,
+            ciphers: keys
+                .keys
+                .iter()
+                .map(|k| XChaCha20Poly1305::new((&k.0).into()))
+                .collect(),
+            plaintext,
+            boot,
+            salt,
+            counter: 0,
+            guard: ReplayGuard::default(),
+        })
+    }
+
+    /// Follows the core's boot when it raises it (the fleet refused the old one): the
+    /// newer boot is what receivers' replay guards take as a newer process.
+    pub fn set_boot(&mut self, boot: u64) {
+        self.boot = self.boot.max(boot);
+    }
+
+    /// What to send for the plain datagram `data`: sealed with the first key, or as it is
+    /// while the fleet still turns keys on.
+    pub fn seal<'a>(&mut self, data: &'a [u8]) -> Cow<'a, [u8]> {
+        if self.plaintext == Plaintext::SendAndAccept {
+            return Cow::Borrowed(data);
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..8].copy_from_slice(&self.salt);
+        nonce[8..16].copy_from_slice(&self.boot.to_le_bytes());
+        nonce[16..].copy_from_slice(&self.counter.to_le_bytes());
+        self.counter += 1;
+        let mut out = Vec::with_capacity(SEAL_OVERHEAD + data.len());
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(Kind::Sealed as u8);
+        out.extend_from_slice(&self.sender);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(data);
+        let (head, body) = out.split_at_mut(AAD_LEN + NONCE_LEN);
+        let tag = self.ciphers[0]
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &head[..AAD_LEN], body)
+            .expect("a datagram is far below XChaCha20-Poly1305's length limit");
+        out.extend_from_slice(&tag);
+        Cow::Owned(out)
+    }
+
+    /// The plain datagram inside `data`, or why it is dropped.
+    pub fn open<'a>(&mut self, data: &'a [u8]) -> Result<Cow<'a, [u8]>, DropReason> {
+        let sealed =
+            data.len() >= ENVELOPE_LEN && data[..2] == MAGIC && data[3] == Kind::Sealed as u8;
+        if !sealed {
+            return match self.plaintext {
+                Plaintext::Refuse => Err(DropReason::Auth),
+                Plaintext::Accept | Plaintext::SendAndAccept => Ok(Cow::Borrowed(data)),
+            };
+        }
+        if data.len() > MAX_DATAGRAM + SEAL_OVERHEAD {
+            return Err(DropReason::Size);
+        }
+        if data[2] != VERSION {
+            return Err(DropReason::Version);
+        }
+        if data.len() < SEAL_OVERHEAD {
+            return Err(DropReason::Auth);
+        }
+        let (head, rest) = data.split_at(AAD_LEN);
+        let (nonce, rest) = rest.split_at(NONCE_LEN);
+        let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let nonce = XNonce::from_slice(nonce);
+        let tag = Tag::from_slice(tag);
+        for cipher in &self.ciphers {
+            let mut plain = body.to_vec();
+            if cipher
+                .decrypt_in_place_detached(nonce, head, &mut plain, tag)
+                .is_ok()
+            {
+                let sender = u64::from_le_bytes(head[ENVELOPE_LEN..].try_into().expect("8 bytes"));
+                let salt: [u8; 8] = nonce[..8].try_into().expect("8 bytes");
+                let boot = u64::from_le_bytes(nonce[8..16].try_into().expect("8 bytes"));
+                let counter = u64::from_le_bytes(nonce[16..].try_into().expect("8 bytes"));
+                return if self.guard.admit(sender, boot, salt, counter) {
+                    Ok(Cow::Owned(plain))
+                } else {
+                    Err(DropReason::Replay)
+                };
+            }
+        }
+        Err(DropReason::Auth)
+    }
+}
+
+/// The newest process heard from one sender and the counters of it seen lately.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    boot: u64,
+    salt: [u8; 8],
+    /// The highest counter seen.
+    top: u64,
+    /// Bit `i` set: counter `top - i` was seen.
+    window: u64,
+}
+
+/// Refuses authentic datagrams already received, or from an older process of their
+/// sender. Holds at most [`MAX_SENDERS`] senders; only authentic datagrams add one.
+#[derive(Debug, Default)]
+struct ReplayGuard {
+    seen: HashMap<u64, Seen>,
+    order: VecDeque<u64>,
+}
+
+impl ReplayGuard {
+    fn admit(&mut self, from: u64, boot: u64, salt: [u8; 8], counter: u64) -> bool {
+        let fresh = Seen {
+            boot,
+            salt,
+            top: counter,
+            window: 1,
+        };
+        let Some(seen) = self.seen.get_mut(&from) else {
+            if self.seen.len() >= MAX_SENDERS
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.seen.remove(&oldest);
+            }
+            self.seen.insert(from, fresh);
+            self.order.push_back(from);
+            return true;
+        };
+        if boot < seen.boot {
+            return false;
+        }
+        if boot > seen.boot || salt != seen.salt {
+            // A newer process at this address (or another one with the same boot).
+            *seen = fresh;
+            return true;
+        }
+        if counter > seen.top {
+            let ahead = counter - seen.top;
+            seen.window = if ahead >= WINDOW {
+                0
+            } else {
+                seen.window << ahead
+            };
+            seen.window |= 1;
+            seen.top = counter;
+            return true;
+        }
+        let behind = seen.top - counter;
+        if behind >= WINDOW || seen.window & (1 << behind) != 0 {
+            return false;
+        }
+        seen.window |= 1 << behind;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire;
+
+    fn ring(bytes: &[u8]) -> Keyring {
+        Keyring::new(bytes.iter().map(|b| Key::from_bytes([*b; 32])))
+    }
+
+    fn at(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// A sealer for a node at port `port` of 127.0.0.1.
+    fn sealer(keys: &[u8], plaintext: Plaintext, port: u16, boot: u64, salt: u8) -> Sealer {
+        Sealer::with_salt(&ring(keys), plaintext, at(port), boot, [salt; 8]).unwrap()
+    }
+
+    #[test]
+    fn sealed_datagram_opens_with_the_key_and_with_nothing_else() {
+        let plain = wire::encode(&wire::Message::MembersRequest);
+        let mut a = sealer(&[1], Plaintext::Refuse, 1, 10, 1);
+        let sealed = a.seal(&plain).into_owned();
+        assert_eq!(sealed.len(), plain.len() + SEAL_OVERHEAD);
+        assert!(
+            !sealed.windows(plain.len()).any(|w| w == plain),
+            "sent in the clear"
+        );
+        let mut b = sealer(&[1], Plaintext::Refuse, 2, 20, 2);
+        assert_eq!(b.open(&sealed).unwrap().as_ref(), plain.as_slice());
+        let mut c = sealer(&[2], Plaintext::Refuse, 3, 30, 3);
+        assert_eq!(c.open(&sealed).unwrap_err(), DropReason::Auth);
+        // A node without keys hands it to the core, which refuses it.
+        assert_eq!(wire::decode(&sealed).unwrap_err(), DropReason::Auth);
+    }
+
+    #[test]
+    fn any_changed_byte_fails_authentication() {
+        let plain = wire::encode(&wire::Message::MembersRequest);
+        let sealed = sealer(&[1], Plaintext::Refuse, 1, 10, 1)
+            .seal(&plain)
+            .into_owned();
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x40;
+            let mut b = sealer(&[1], Plaintext::Refuse, 2, 20, 2);
+            let err = b.open(&bad).unwrap_err();
+            // The version byte is read before authentication; the kind and magic decide
+            // whether it is sealed at all (then plaintext is refused).
+            assert!(
+                matches!(err, DropReason::Auth | DropReason::Version),
+                "byte {i}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn replays_and_older_processes_are_refused() {
+        let plain = wire::encode(&wire::Message::MembersRequest);
+        let mut old = sealer(&[1], Plaintext::Refuse, 1, 10, 1);
+        let mut new = sealer(&[1], Plaintext::Refuse, 1, 11, 2);
+        let mut b = sealer(&[1], Plaintext::Refuse, 3, 20, 3);
+        let first = old.seal(&plain).into_owned();
+        let second = old.seal(&plain).into_owned();
+        // Out of order within the window is fine; each once, wherever it comes from (the
+        // guard keys on the sender named inside, not on the source address).
+        assert!(b.open(&second).is_ok());
+        assert!(b.open(&first).is_ok());
+        assert_eq!(b.open(&first).unwrap_err(), DropReason::Replay);
+        assert_eq!(b.open(&second).unwrap_err(), DropReason::Replay);
+        // A newer process at the address: the older one's datagrams are refused from then.
+        let third = old.seal(&plain).into_owned();
+        assert!(b.open(&new.seal(&plain)).is_ok());
+        assert_eq!(b.open(&third).unwrap_err(), DropReason::Replay);
+        // Too far behind the newest counter.
+        let late = new.seal(&plain).into_owned();
+        for _ in 0..WINDOW {
+            assert!(b.open(&new.seal(&plain)).is_ok());
+        }
+        assert_eq!(b.open(&late).unwrap_err(), DropReason::Replay);
+    }
+
+    #[test]
+    fn plaintext_is_refused_unless_the_fleet_is_turning_keys_on() {
+        let plain = wire::encode(&wire::Message::MembersRequest);
+        for (mode, sends_plain, accepts_plain) in [
+            (Plaintext::SendAndAccept, true, true),
+            (Plaintext::Accept, false, true),
+            (Plaintext::Refuse, false, false),
+        ] {
+            let mut s = sealer(&[1], mode, 1, 10, 1);
+            assert_eq!(
+                s.seal(&plain).as_ref() == plain.as_slice(),
+                sends_plain,
+                "{mode:?}"
+            );
+            assert_eq!(s.open(&plain).is_ok(), accepts_plain, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn a_rotating_keyring_opens_both_keys_and_seals_with_the_first() {
+        let plain = wire::encode(&wire::Message::MembersRequest);
+        let with_old = sealer(&[1], Plaintext::Refuse, 1, 10, 1)
+            .seal(&plain)
+            .into_owned();
+        let with_new = sealer(&[2], Plaintext::Refuse, 2, 11, 2)
+            .seal(&plain)
+            .into_owned();
+        let mut both = sealer(&[2, 1], Plaintext::Refuse, 3, 20, 3);
+        assert!(both.open(&with_old).is_ok());
+        assert!(both.open(&with_new).is_ok());
+        let sealed = both.seal(&plain).into_owned();
+        assert!(
+            sealer(&[2], Plaintext::Refuse, 4, 30, 4)
+                .open(&sealed)
+                .is_ok()
+        );
+        assert_eq!(
+            sealer(&[1], Plaintext::Refuse, 4, 30, 4)
+                .open(&sealed)
+                .unwrap_err(),
+            DropReason::Auth
+        );
+    }
+
+    #[test]
+    fn keys_parse_from_hex_lines_and_never_show() {
+        let text = format!(
+            "# cluster keys\n{}\n\n{}\n",
+            "ab".repeat(32),
+            "01".repeat(32)
+        );
+        let keys = Keyring::parse(&text).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(format!("{keys:?}"), "Keyring(2 keys)");
+        assert_eq!(format!("{:?}", Key::from_bytes([0xab; 32])), "Key(..)");
+        assert_eq!(Keyring::parse("# none\n").unwrap_err(), KeyError::Empty);
+        assert_eq!(Key::from_hex("abc").unwrap_err(), KeyError::Length(3));
+        assert_eq!(
+            Key::from_hex(&"zz".repeat(32)).unwrap_err(),
+            KeyError::NotHex
+        );
+    }
+
+    #[test]
+    fn the_replay_guard_forgets_the_oldest_sender_beyond_its_bound() {
+        let mut guard = ReplayGuard::default();
+        for port in 0..(MAX_SENDERS as u16 + 10) {
+            assert!(guard.admit(u64::from(port), 1, [0; 8], 0));
+        }
+        assert_eq!(guard.seen.len(), MAX_SENDERS);
+        assert_eq!(guard.order.len(), MAX_SENDERS);
+    }
+}
