@@ -264,8 +264,9 @@ impl Net {
         let since = Instant::now() - window;
         (1..=NODES)
             .filter(|i| {
-                self.workers[i - 1]
-                    .as_ref()
+                self.workers
+                    .get(i - 1)
+                    .and_then(Option::as_ref)
                     .is_some_and(|w| w.hellos.lock().unwrap().last().is_some_and(|t| *t > since))
             })
             .collect()
