@@ -506,4 +506,19 @@ mod tests {
         assert_eq!(guard.seen.len(), MAX_SENDERS);
         assert_eq!(guard.order.len(), MAX_SENDERS);
     }
+
+    proptest::proptest! {
+        /// Arbitrary bytes never panic the opener, never open under a key they were not
+        /// sealed with, and nothing opens twice.
+        #[test]
+        fn arbitrary_bytes_are_refused_with_a_reason(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1600)) {
+            let mut b = sealer(&[1], Plaintext::Refuse, 2, 20, 2);
+            proptest::prop_assert!(b.open(&data).is_err());
+            let mut lax = sealer(&[1], Plaintext::Accept, 3, 30, 3);
+            if lax.open(&data).is_ok() {
+                // Only as plaintext, which `Accept` lets through to the core's own checks.
+                proptest::prop_assert!(data.len() < ENVELOPE_LEN || data[3] != Kind::Sealed as u8 || data[..2] != MAGIC);
+            }
+        }
+    }
 }

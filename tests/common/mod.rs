@@ -30,6 +30,10 @@ struct LogInner {
     steps: Vec<Step>,
     holders: Vec<String>,
     max_holders: usize,
+    /// Since when nobody holds (after the first acquisition).
+    empty_since: Option<std::time::Instant>,
+    /// The longest time nobody held, so far.
+    longest_empty: Duration,
 }
 
 impl Log {
@@ -47,9 +51,20 @@ impl Log {
         self.inner.lock().unwrap().max_holders
     }
 
+    /// The longest time nobody held, between the first acquisition and now (a figure to
+    /// report; tests do not assert on wall-clock times).
+    pub fn longest_without_holder(&self) -> Duration {
+        let inner = self.inner.lock().unwrap();
+        let open = inner.empty_since.map_or(Duration::ZERO, |t| t.elapsed());
+        inner.longest_empty.max(open)
+    }
+
     pub fn acquired(&self, name: &str) {
         let mut inner = self.inner.lock().unwrap();
         inner.steps.push(Step::Acquired(name.into()));
+        if let Some(since) = inner.empty_since.take() {
+            inner.longest_empty = inner.longest_empty.max(since.elapsed());
+        }
         inner.holders.push(name.into());
         inner.max_holders = inner.max_holders.max(inner.holders.len());
     }
@@ -66,6 +81,9 @@ impl Log {
         let mut inner = self.inner.lock().unwrap();
         inner.steps.push(Step::Released(name.into()));
         inner.holders.retain(|h| h != name);
+        if inner.holders.is_empty() {
+            inner.empty_since = Some(std::time::Instant::now());
+        }
     }
 
     /// Waits (bounded) until `check` holds on the log.
