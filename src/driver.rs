@@ -358,7 +358,12 @@ impl<S: Socket> Driver<S> {
             | Event::Left => {}
         }
     }
+}
 
+impl<S> Driver<S> {
+    /// Tells every lease and waiter that the node stopped. Runs when the loop ends and
+    /// again when the driver is dropped (a panic, or a caller that drops the loop of
+    /// `run_on`): a lease must never outlive its protocol loop unaware.
     fn close(&mut self) {
         for claim in self.claims.values() {
             claim.status.send_modify(|s| {
@@ -377,6 +382,12 @@ impl<S: Socket> Driver<S> {
         for (_, waiter) in self.withdraw_waiters.drain(..) {
             let _ = waiter.send(());
         }
+    }
+}
+
+impl<S> Drop for Driver<S> {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

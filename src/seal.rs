@@ -13,12 +13,12 @@
 //! LE, one more for every datagram)`: unique for as long as a process runs (the salt keeps
 //! two processes with the same boot apart), and, being authenticated, what the replay
 //! guard reads. A receiver keeps, per sender (whatever address a datagram arrives from),
-//! the newest `(boot, salt)` it opened and a window of the last [`WINDOW`] counters: it
-//! refuses a counter already seen or older than the window, and anything from an older
-//! boot. See `docs/design.md` for what this does and does not stop.
+//! a window of the last [`WINDOW`] counters of each of the sender's last few processes,
+//! and refuses a counter already seen or older than its window. See `docs/design.md` for
+//! what this does and does not stop.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -37,7 +37,8 @@ const TAG_LEN: usize = 16;
 const AAD_LEN: usize = ENVELOPE_LEN + SENDER_LEN;
 /// Counters of one sender accepted out of order, behind its newest.
 pub const WINDOW: u64 = 64;
-/// Senders the replay guard remembers; the one heard from first goes when a new one comes.
+/// Senders the replay guard remembers; the one heard from least recently goes when a new
+/// one comes.
 pub const MAX_SENDERS: usize = 4096;
 
 /// One 32-byte cluster key. Its `Debug` never shows it.
@@ -52,13 +53,17 @@ impl Key {
 
     /// A key from 64 hexadecimal digits (surrounding whitespace ignored).
     pub fn from_hex(hex: &str) -> Result<Key, KeyError> {
-        let hex = hex.trim();
-        if hex.len() != 64 {
-            return Err(KeyError::Length(hex.len()));
+        let digits: Vec<u8> = hex
+            .trim()
+            .chars()
+            .map(|c| c.to_digit(16).map(|d| d as u8).ok_or(KeyError::NotHex))
+            .collect::<Result<_, _>>()?;
+        if digits.len() != 64 {
+            return Err(KeyError::Length(digits.len()));
         }
         let mut bytes = [0u8; 32];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| KeyError::NotHex)?;
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks(2)) {
+            *byte = pair[0] << 4 | pair[1];
         }
         Ok(Key(bytes))
     }
@@ -287,7 +292,7 @@ impl Sealer {
     }
 }
 
-/// The newest process heard from one sender and the counters of it seen lately.
+/// One process of a sender and the counters of it seen lately.
 #[derive(Clone, Copy, Debug)]
 struct Seen {
     boot: u64,
@@ -298,57 +303,99 @@ struct Seen {
     window: u64,
 }
 
-/// Refuses authentic datagrams already received, or from an older process of their
-/// sender. Holds at most [`MAX_SENDERS`] senders; only authentic datagrams add one.
+impl Seen {
+    /// Whether `counter` is new, marking it seen.
+    fn admit(&mut self, counter: u64) -> bool {
+        if counter > self.top {
+            let ahead = counter - self.top;
+            self.window = if ahead >= WINDOW {
+                0
+            } else {
+                self.window << ahead
+            };
+            self.window |= 1;
+            self.top = counter;
+            return true;
+        }
+        let behind = self.top - counter;
+        if behind >= WINDOW || self.window & (1 << behind) != 0 {
+            return false;
+        }
+        self.window |= 1 << behind;
+        true
+    }
+}
+
+/// Processes of one sender remembered at once: the current one and the few before it.
+pub const PROCESSES_PER_SENDER: usize = 4;
+
+/// One sender's recent processes (most recently heard first), and when it was last heard.
+#[derive(Debug)]
+struct Sender {
+    processes: Vec<Seen>,
+    last_heard: u64,
+}
+
+/// Refuses authentic datagrams already received. It keeps a window per process of a
+/// sender (its last [`PROCESSES_PER_SENDER`]), and at most [`MAX_SENDERS`] senders, the
+/// one heard from least recently going first; only authentic datagrams add one. Which
+/// process of a sender is the current one is the core's business (a newer boot wins
+/// there), not the guard's: a process that restarted with a lower boot must still get
+/// through to be told so.
 #[derive(Debug, Default)]
 struct ReplayGuard {
-    seen: HashMap<u64, Seen>,
-    order: VecDeque<u64>,
+    senders: HashMap<u64, Sender>,
+    /// Counts admissions: when each sender was last heard.
+    tick: u64,
 }
 
 impl ReplayGuard {
     fn admit(&mut self, from: u64, boot: u64, salt: [u8; 8], counter: u64) -> bool {
-        let fresh = Seen {
-            boot,
-            salt,
-            top: counter,
-            window: 1,
-        };
-        let Some(seen) = self.seen.get_mut(&from) else {
-            if self.seen.len() >= MAX_SENDERS
-                && let Some(oldest) = self.order.pop_front()
-            {
-                self.seen.remove(&oldest);
+        self.tick += 1;
+        if !self.senders.contains_key(&from) && self.senders.len() >= MAX_SENDERS {
+            let stalest = self
+                .senders
+                .iter()
+                .min_by_key(|(_, s)| s.last_heard)
+                .map(|(k, _)| *k);
+            if let Some(stalest) = stalest {
+                self.senders.remove(&stalest);
             }
-            self.seen.insert(from, fresh);
-            self.order.push_back(from);
-            return true;
-        };
-        if boot < seen.boot {
-            return false;
         }
-        if boot > seen.boot || salt != seen.salt {
-            // A newer process at this address (or another one with the same boot).
-            *seen = fresh;
-            return true;
+        let sender = self.senders.entry(from).or_insert_with(|| Sender {
+            processes: Vec::new(),
+            last_heard: 0,
+        });
+        sender.last_heard = self.tick;
+        let known = sender
+            .processes
+            .iter()
+            .position(|p| p.boot == boot && p.salt == salt);
+        match known {
+            Some(k) => {
+                let admitted = sender.processes[k].admit(counter);
+                sender.processes[..=k].rotate_right(1);
+                admitted
+            }
+            None => {
+                sender.processes.truncate(PROCESSES_PER_SENDER - 1);
+                sender.processes.insert(
+                    0,
+                    Seen {
+                        boot,
+                        salt,
+                        top: counter,
+                        window: 1,
+                    },
+                );
+                true
+            }
         }
-        if counter > seen.top {
-            let ahead = counter - seen.top;
-            seen.window = if ahead >= WINDOW {
-                0
-            } else {
-                seen.window << ahead
-            };
-            seen.window |= 1;
-            seen.top = counter;
-            return true;
-        }
-        let behind = seen.top - counter;
-        if behind >= WINDOW || seen.window & (1 << behind) != 0 {
-            return false;
-        }
-        seen.window |= 1 << behind;
-        true
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.senders.len()
     }
 }
 
@@ -409,7 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn replays_and_older_processes_are_refused() {
+    fn replays_are_refused_whichever_process_of_a_sender_they_come_from() {
         let plain = wire::encode(&wire::Message::MembersRequest);
         let mut old = sealer(&[1], Plaintext::Refuse, 1, 10, 1);
         let mut new = sealer(&[1], Plaintext::Refuse, 1, 11, 2);
@@ -422,9 +469,12 @@ mod tests {
         assert!(b.open(&first).is_ok());
         assert_eq!(b.open(&first).unwrap_err(), DropReason::Replay);
         assert_eq!(b.open(&second).unwrap_err(), DropReason::Replay);
-        // A newer process at the address: the older one's datagrams are refused from then.
+        // A newer process of the sender has a window of its own; the older one's keeps
+        // refusing its replays (which process is current is for the core to say).
         let third = old.seal(&plain).into_owned();
         assert!(b.open(&new.seal(&plain)).is_ok());
+        assert_eq!(b.open(&first).unwrap_err(), DropReason::Replay);
+        assert!(b.open(&third).is_ok());
         assert_eq!(b.open(&third).unwrap_err(), DropReason::Replay);
         // Too far behind the newest counter.
         let late = new.seal(&plain).into_owned();
@@ -498,13 +548,32 @@ mod tests {
     }
 
     #[test]
-    fn the_replay_guard_forgets_the_oldest_sender_beyond_its_bound() {
+    fn the_replay_guard_forgets_the_sender_heard_least_recently_beyond_its_bound() {
         let mut guard = ReplayGuard::default();
-        for port in 0..(MAX_SENDERS as u16 + 10) {
-            assert!(guard.admit(u64::from(port), 1, [0; 8], 0));
+        for sender in 0..MAX_SENDERS as u64 {
+            assert!(guard.admit(sender, 1, [0; 8], 0));
         }
-        assert_eq!(guard.seen.len(), MAX_SENDERS);
-        assert_eq!(guard.order.len(), MAX_SENDERS);
+        // Sender 0 is heard again; sender 1 is now the stalest and goes for a new one.
+        assert!(guard.admit(0, 1, [0; 8], 1));
+        assert!(guard.admit(MAX_SENDERS as u64, 1, [0; 8], 0));
+        assert_eq!(guard.len(), MAX_SENDERS);
+        assert!(!guard.admit(0, 1, [0; 8], 1), "sender 0 was forgotten");
+        assert!(guard.admit(1, 1, [0; 8], 0), "sender 1 was kept");
+    }
+
+    #[test]
+    fn a_sender_keeps_a_window_for_each_of_its_last_processes() {
+        let mut guard = ReplayGuard::default();
+        for salt in 0..PROCESSES_PER_SENDER as u8 {
+            assert!(guard.admit(9, 1, [salt; 8], 5));
+        }
+        // Alternating between processes replays nothing.
+        for salt in 0..PROCESSES_PER_SENDER as u8 {
+            assert!(!guard.admit(9, 1, [salt; 8], 5));
+        }
+        // One process more pushes out the one heard from least recently (salt 0).
+        assert!(guard.admit(9, 1, [99; 8], 0));
+        assert!(guard.admit(9, 1, [0; 8], 5), "the stalest process was kept");
     }
 
     proptest::proptest! {

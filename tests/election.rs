@@ -369,3 +369,30 @@ async fn node_runs_on_a_socket_and_runtime_the_caller_provides() {
         .await;
     w0.leave().await;
 }
+
+#[tokio::test]
+async fn a_protocol_loop_that_is_dropped_tells_its_leases_to_stop() {
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = socket.local_addr().unwrap();
+            let (node, run) = Node::builder("w0")
+                .sync_timeout(Duration::from_millis(100))
+                .run_on(socket, addr)
+                .unwrap();
+            let protocol = tokio::task::spawn_local(run);
+            let mut candidacy = node.obtain("echo", 1).await.unwrap();
+            let lease = tokio::time::timeout(PATIENCE, candidacy.acquired())
+                .await
+                .expect("w0, alone, acquires")
+                .unwrap();
+            // The caller drops the loop (as a panic in it would).
+            protocol.abort();
+            let reason = tokio::time::timeout(PATIENCE, lease.lost())
+                .await
+                .expect("the lease never heard that its node stopped");
+            assert_eq!(reason, LostReason::Stopped);
+        })
+        .await;
+}

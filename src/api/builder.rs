@@ -51,9 +51,9 @@ impl NodeBuilder {
     }
 
     /// Authenticates and encrypts every datagram with the cluster `keys` (see
-    /// [`Keyring`]): a node without a key the fleet uses can neither join it nor learn or
-    /// change anything in it. Without keys (the default) gossip is plaintext, and a
-    /// warning says so at start.
+    /// [`Keyring`]): with [`Plaintext::Refuse`] (the default) a node without a key the
+    /// fleet uses can neither join it nor learn or change anything in it. Without keys
+    /// (the default) gossip is plaintext, and a warning says so at start.
     pub fn keys(mut self, keys: Keyring) -> Self {
         self.keys = keys;
         self

@@ -4,6 +4,7 @@
 //! [`Node::run_while_held`]: crate::Node::run_while_held
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 
 use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
@@ -78,7 +79,16 @@ where
             },
         };
         let tenure = lease.tenure();
-        let mut running = tokio::spawn(job(tenure.clone()));
+        // A closure that panics before it returns a future is a job that panicked.
+        let started = std::panic::catch_unwind(AssertUnwindSafe(|| job(tenure.clone())));
+        let mut running = match started {
+            Ok(future) => Running(tokio::spawn(future)),
+            Err(_) => {
+                error!(resource, "the job panicked as it started: stepping down");
+                drop(lease);
+                continue;
+            }
+        };
         let stop = tokio::select! {
             biased;
             _ = &mut stopped => true,
@@ -86,15 +96,22 @@ where
                 info!(resource, lease = %tenure.id(), %reason, "lease lost: cancelling the job");
                 false
             }
-            ended = &mut running => {
+            ended = &mut running.0 => {
                 report_end(&resource, ended);
                 // Dropping a lease that was not lost steps down, with back-off.
                 drop(lease);
                 continue;
             }
         };
-        running.abort();
-        if let Err(err) = (&mut running).await
+        // Withdrawing first makes the lease lost (`Withdrawn`), so dropping it below yields
+        // the ticket without the back-off of a step-down.
+        let withdrawn = if stop {
+            candidacy.begin_withdraw()
+        } else {
+            None
+        };
+        running.0.abort();
+        if let Err(err) = (&mut running.0).await
             && err.is_panic()
         {
             report_end(&resource, Err(err));
@@ -102,10 +119,23 @@ where
         // The job has ended: only now is the ticket yielded.
         drop(lease);
         if stop {
-            break;
+            if let Some(done) = withdrawn {
+                let _ = done.await;
+            }
+            return;
         }
     }
     candidacy.withdraw().await;
+}
+
+/// A running job's task, aborted if the supervisor itself is dropped (its runtime shuts
+/// down), so the job never outlives the lease it ran under.
+struct Running(JoinHandle<()>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn report_end(resource: &str, ended: Result<(), JoinError>) {

@@ -80,19 +80,26 @@ impl Candidacy {
     /// The withdrawal is sent before the first await: dropping the future only stops the
     /// waiting.
     pub async fn withdraw(mut self) {
-        self.withdrawn = true;
+        if let Some(done) = self.begin_withdraw() {
+            let _ = done.await;
+        }
+    }
+
+    /// Sends the withdrawal (once): a held lease is told `Withdrawn`. The receiver
+    /// resolves once the ticket is yielded; `None` if the node has stopped.
+    pub(super) fn begin_withdraw(&mut self) -> Option<oneshot::Receiver<()>> {
+        if std::mem::replace(&mut self.withdrawn, true) {
+            return None;
+        }
         let (tx, rx) = oneshot::channel();
-        if self
-            .commands
+        self.commands
             .send(Command::Withdraw {
                 resource: self.resource.clone(),
                 candidacy: self.shared.candidacy,
                 reply: Some(tx),
             })
-            .is_ok()
-        {
-            let _ = rx.await;
-        }
+            .ok()
+            .map(|()| rx)
     }
 }
 
