@@ -223,8 +223,9 @@ fn crash_of_holder_moves_ticket_to_next_ranked() {
     assert_eq!(f.holders("echo"), ["w2"]);
 }
 
-#[test]
-fn higher_ranked_join_hands_over_without_two_holders() {
+/// w1..w4 (w0 not started) compete for `echo`, settled on w2, the highest of them;
+/// `prepare` runs once they compete, before they settle.
+fn w1_to_w4_settled_on_w2(prepare: impl FnOnce(&mut Fleet)) -> Fleet {
     let mut f = Fleet::new();
     let all: Vec<usize> = (0..5).collect();
     for i in 1..5 {
@@ -232,8 +233,16 @@ fn higher_ranked_join_hands_over_without_two_holders() {
     }
     f.run_for(Duration::from_secs(2));
     f.obtain_all(1..5, "echo", 1);
+    prepare(&mut f);
     f.run_for(Duration::from_secs(2));
     assert_eq!(f.holders("echo"), ["w2"]);
+    f
+}
+
+#[test]
+fn higher_ranked_join_hands_over_without_two_holders() {
+    let mut f = w1_to_w4_settled_on_w2(|_| {});
+    let all: Vec<usize> = (0..5).collect();
     f.start(0, 2000, &all);
     let now = f.now;
     f.node(0).obtain(now, "echo", 1).unwrap();
@@ -429,16 +438,8 @@ fn members_back_from_a_partition_are_not_sent_again() {
 /// job still runs, and is yielded once dropped.
 #[test]
 fn lease_kept_until_dropped_is_not_forced_out_after_handoff_timeout() {
-    let mut f = Fleet::new();
+    let mut f = w1_to_w4_settled_on_w2(|f| f.node(2).keep_until_dropped("echo"));
     let all: Vec<usize> = (0..5).collect();
-    for i in 1..5 {
-        f.start(i, 1000 + i as u64, &all);
-    }
-    f.run_for(Duration::from_secs(2));
-    f.obtain_all(1..5, "echo", 1);
-    f.node(2).keep_until_dropped("echo");
-    f.run_for(Duration::from_secs(2));
-    assert_eq!(f.holders("echo"), ["w2"]);
     // The job does not stop: the application never drops the lease.
     f.auto_drop = false;
     f.start(0, 2000, &all);
