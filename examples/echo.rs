@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use gossip_election::{Keyring, Node, Plaintext};
+use gossip_election::{Keyring, Node, Plaintext, Seed};
 
 #[derive(Parser, Debug)]
 #[command(about = "One worker that runs `echo` while it holds a ticket")]
@@ -26,9 +26,10 @@ struct Args {
     /// Address peers send to (required with a wildcard bind).
     #[arg(long)]
     advertise: Option<SocketAddr>,
-    /// A fleet member to join through (repeatable; the own address is fine).
+    /// A fleet member to join through, `host:port` or an address (repeatable; the own
+    /// address is fine; a name counts every address it resolves to).
     #[arg(long)]
-    join: Vec<SocketAddr>,
+    join: Vec<Seed>,
     /// The resource to compete for.
     #[arg(long, default_value = "echo")]
     resource: String,

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use tracing::debug;
 use crate::error::Error;
 use crate::proto::{Core, Event, LeaseId, LostReason, NodeState, Owners};
 use crate::seal::{SEAL_OVERHEAD, Sealer};
+use crate::seed::SeedNames;
 use crate::wire::MAX_DATAGRAM;
 
 /// The datagram socket the driver runs over: tokio's `UdpSocket`, or a simulated one.
@@ -117,7 +119,19 @@ pub(crate) struct Driver<S> {
     pub observer: Option<Observer>,
     /// Seals and opens datagrams, when the node has keys.
     pub sealer: Option<Sealer>,
+    /// Seed names and what they resolved to.
+    pub seeds: SeedNames,
+    /// A resolution of the seed names under way.
+    resolving: Option<Resolving>,
+    /// The core's announce count when the names were last resolved.
+    resolved_at_announce: Option<u64>,
 }
+
+/// Resolving seed names: each name with its addresses or why it has none.
+type Resolving = Pin<Box<dyn Future<Output = Vec<(String, io::Result<Vec<SocketAddr>>)>> + Send>>;
+
+/// How long one seed name may take to resolve.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl<S: Socket> Driver<S> {
     pub fn new(
@@ -140,6 +154,9 @@ impl<S: Socket> Driver<S> {
             withdraw_waiters: Vec::new(),
             observer: None,
             sealer: None,
+            seeds: SeedNames::default(),
+            resolving: None,
+            resolved_at_announce: None,
         }
     }
 
@@ -154,7 +171,9 @@ impl<S: Socket> Driver<S> {
             if self.core.state() == NodeState::Left {
                 break;
             }
+            self.resolve_seeds();
             let deadline = self.core.poll_timeout().map(|d| self.origin + d);
+            let resolving = &mut self.resolving;
             tokio::select! {
                 biased;
                 _ = sleep_until(deadline) => {
@@ -182,9 +201,34 @@ impl<S: Socket> Driver<S> {
                         self.core.leave(now);
                     }
                 },
+                results = resolved(resolving) => {
+                    self.resolving = None;
+                    if let Some(seeds) = self.seeds.update(results) {
+                        let now = self.now();
+                        self.core.set_seeds(now, seeds);
+                    }
+                }
             }
         }
         self.close();
+    }
+
+    /// Resolves the seed names when the node starts and again after each announce (the
+    /// core announces only while it is not connected), one resolution at a time.
+    fn resolve_seeds(&mut self) {
+        let announces = self.core.stats().announces;
+        if self.seeds.is_empty()
+            || self.resolving.is_some()
+            || self.resolved_at_announce == Some(announces)
+            || self.core.state() == NodeState::Left
+        {
+            return;
+        }
+        self.resolved_at_announce = Some(announces);
+        self.resolving = Some(Box::pin(crate::seed::resolve(
+            self.seeds.names(),
+            RESOLVE_TIMEOUT,
+        )));
     }
 
     fn command(&mut self, command: Command) {
@@ -388,6 +432,13 @@ impl<S> Driver<S> {
 impl<S> Drop for Driver<S> {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+async fn resolved(resolving: &mut Option<Resolving>) -> Vec<(String, io::Result<Vec<SocketAddr>>)> {
+    match resolving {
+        Some(resolution) => resolution.await,
+        None => std::future::pending().await,
     }
 }
 

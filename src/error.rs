@@ -35,6 +35,14 @@ pub enum Error {
         "{0} carries an IPv6 scope id: scoped (link-local) addresses cannot be members; use a global or unique-local address"
     )]
     ScopedAddress(SocketAddr),
+    /// A join address that is neither a socket address nor `host:port`.
+    #[error("join address {seed:?}: {reason}")]
+    InvalidSeed {
+        /// The text as given.
+        seed: String,
+        /// What is wrong with it.
+        reason: crate::seed::SeedError,
+    },
     /// Binding the UDP socket failed.
     #[error("cannot bind UDP socket on {addr}")]
     Bind {

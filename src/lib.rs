@@ -12,7 +12,7 @@
 //!
 //! let node = Node::builder("worker-1")
 //!     .bind("127.0.0.1:7946".parse().unwrap())
-//!     .join(["127.0.0.1:7947".parse().unwrap()])
+//!     .join(["127.0.0.1:7947"])
 //!     .start()
 //!     .await?;
 //! let mut candidacy = node.obtain("echo", 1).await?;
@@ -44,6 +44,7 @@ pub mod placement;
 pub mod proto;
 pub mod record;
 pub mod seal;
+mod seed;
 pub mod wire;
 
 pub use api::{Candidacy, Election, Lease, Node, NodeBuilder, Tenure};
@@ -55,3 +56,4 @@ pub use proto::{
     Owners, Stats, Timing,
 };
 pub use seal::{Key, KeyError, Keyring, Plaintext};
+pub use seed::{Seed, SeedError};

@@ -396,3 +396,50 @@ async fn a_protocol_loop_that_is_dropped_tells_its_leases_to_stop() {
         })
         .await;
 }
+
+/// Seeds by name: w1 knows w0 only as `localhost:<port>` and starts first, so it keeps
+/// announcing (and resolving) until w0, which knows nobody, answers; a name that never
+/// resolves is logged and does not stop the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_given_by_name_are_resolved_and_retried() {
+    let a = free_addr();
+    let b = free_addr();
+    let by_name = |addr: std::net::SocketAddr| format!("localhost:{}", addr.port());
+    let w1 = builder("w1")
+        .bind(b)
+        .join([by_name(a), "no-such-host.invalid:7946".to_string()])
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let w0 = builder("w0").bind(a).start().await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while w1
+        .members()
+        .await
+        .unwrap()
+        .iter()
+        .all(|m| m.name.as_deref() != Some("w0"))
+        || w0.state() != NodeState::Active
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "w1 never met w0 by name"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w0.leave().await;
+    w1.leave().await;
+}
+
+#[tokio::test]
+async fn a_join_address_that_is_not_host_and_port_is_refused_with_the_reason() {
+    let err = builder("w0")
+        .bind(free_addr())
+        .join(["worker-1"])
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidSeed { ref seed, .. } if seed == "worker-1"));
+    assert!(err.to_string().contains("no port"), "{err}");
+}

@@ -12,6 +12,7 @@ use crate::driver::{Driver, Socket};
 use crate::error::{Error, Result};
 use crate::proto::{Core, CoreConfig, NodeState, Timing};
 use crate::seal::{Keyring, Plaintext, Sealer};
+use crate::seed::{Seed, SeedNames};
 
 /// Configures and starts a [`Node`].
 #[derive(Clone, Debug)]
@@ -19,7 +20,7 @@ pub struct NodeBuilder {
     name: String,
     bind: Option<SocketAddr>,
     advertise: Option<SocketAddr>,
-    join: Vec<SocketAddr>,
+    join: Vec<Seed>,
     timing: Timing,
     sync_timeout: Duration,
     handoff_timeout: Duration,
@@ -99,10 +100,22 @@ impl NodeBuilder {
         self
     }
 
-    /// Addresses of fleet members to join through. The node's own address may be among
-    /// them (as in a shared fleet config); it is ignored.
-    pub fn join(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
-        self.join.extend(addrs);
+    /// Fleet members to join through: socket addresses or `host:port` names (see
+    /// [`Seed`]). A name is resolved when the node starts and again on every announce
+    /// while the node is not connected, and every address it resolves to is a seed, so
+    /// a DNS name that lists the fleet (a Kubernetes headless service, a compose service)
+    /// works as the whole list. A name that does not resolve is logged and retried. The
+    /// node's own address may be among them (as in a shared fleet config); it is ignored.
+    ///
+    /// ```no_run
+    /// # fn demo(addr: std::net::SocketAddr) {
+    /// let builder = gossip_election::Node::builder("worker-1")
+    ///     .join(["workers.default.svc.cluster.local:7946", "10.0.0.7:7946"])
+    ///     .join([addr]);
+    /// # }
+    /// ```
+    pub fn join<S: Into<Seed>>(mut self, seeds: impl IntoIterator<Item = S>) -> Self {
+        self.join.extend(seeds.into_iter().map(Into::into));
         self
     }
 
@@ -151,12 +164,18 @@ impl NodeBuilder {
 
     /// What the core would refuse, checked before binding (the boot does not matter).
     fn validate(&self, advertise: SocketAddr) -> Result<()> {
+        if let Some((seed, reason)) = self.join.iter().find_map(Seed::invalid) {
+            return Err(Error::InvalidSeed {
+                seed: seed.to_string(),
+                reason,
+            });
+        }
         Ok(self.core_config(advertise, 1).validate()?)
     }
 
     fn core_config(&self, advertise: SocketAddr, boot: u64) -> CoreConfig {
         let mut cfg = CoreConfig::new(self.name.clone(), advertise, boot);
-        cfg.seeds = self.join.clone();
+        cfg.seeds = self.join.iter().filter_map(Seed::addr).collect();
         cfg.timing = self.timing.clone();
         cfg.sync_timeout = self.sync_timeout;
         cfg.handoff_timeout = self.handoff_timeout;
@@ -188,6 +207,7 @@ impl NodeBuilder {
         let (state_tx, state) = watch::channel(NodeState::Joining);
         let mut driver = Driver::new(socket, core, origin, commands, state_tx);
         driver.sealer = self.sealer(advertise, boot);
+        driver.seeds = SeedNames::new(&self.join);
         let span = tracing::info_span!("node", name = %self.name);
         let node = Node {
             inner: Arc::new(NodeInner {
@@ -234,6 +254,7 @@ impl NodeBuilder {
         let boot = self.boot_or_now();
         let cfg = self.core_config(advertise, boot);
         let sealer = self.sealer(advertise, boot);
+        let seeds = SeedNames::new(&self.join);
         #[cfg(feature = "debug")]
         let debug = self
             .debug_addr
@@ -284,6 +305,7 @@ impl NodeBuilder {
                         let _ = started_tx.send(Ok(()));
                         let mut driver = Driver::new(socket, core, origin, commands, state_tx);
                         driver.sealer = sealer;
+                        driver.seeds = seeds;
                         #[cfg(feature = "debug")]
                         if let Some(sink) = sink {
                             driver.observer = Some(Box::new(move |core, now, event| {

@@ -42,7 +42,7 @@ struct NodeInner {
 ///
 /// let node = Node::builder("worker-1")
 ///     .bind("127.0.0.1:7946".parse().unwrap())
-///     .join(["127.0.0.1:7947".parse().unwrap()])
+///     .join(["127.0.0.1:7947"])
 ///     .start()
 ///     .await?;
 /// let mut candidacy = node.obtain("echo", 1).await?;

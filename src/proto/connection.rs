@@ -4,6 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use foca::Member;
@@ -50,9 +51,45 @@ impl Core {
         self.drain_runtime(now);
     }
 
+    /// Replaces the seeds (the driver resolved seed names again): new ones become
+    /// placeholders and, while the node is not connected, are announced to at once. Its
+    /// own address and scoped addresses are left out.
+    pub fn set_seeds(&mut self, now: Duration, mut seeds: Vec<SocketAddr>) {
+        seeds.retain(|s| *s != self.cfg.addr && !super::timing::is_scoped(s));
+        seeds.sort();
+        seeds.dedup();
+        if seeds == self.cfg.seeds {
+            return;
+        }
+        let new: Vec<SocketAddr> = seeds
+            .iter()
+            .filter(|s| !self.cfg.seeds.contains(s))
+            .copied()
+            .collect();
+        debug!(?seeds, "seeds changed");
+        self.cfg.seeds = seeds;
+        if new.is_empty() || self.leaving {
+            return;
+        }
+        self.seed_placeholders(now);
+        if !self.conn.active {
+            for addr in new {
+                if let Err(err) = self
+                    .membership
+                    .foca
+                    .announce(NodeId::new(addr, 0, 0), &mut self.membership.runtime)
+                {
+                    debug!(%err, "announce failed");
+                }
+            }
+            self.drain_runtime(now);
+        }
+    }
+
     /// Announces to the seeds and to a few members of the view (foca accepts an announce
     /// by address, whatever identity it names).
     pub(super) fn announce(&mut self, now: Duration) {
+        self.stats.announces += 1;
         let mut to = self.cfg.seeds.clone();
         for _ in 0..ANNOUNCE_TO_MEMBERS {
             if let Some(addr) = self.view.random_member(&mut self.rng)

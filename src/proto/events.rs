@@ -203,6 +203,8 @@ pub struct Stats {
     pub rebuilds: u64,
     /// Times this node raised its boot because the fleet refused its identity.
     pub boot_raises: u64,
+    /// Announces to the seeds (made while not connected).
+    pub announces: u64,
     /// Acquisitions.
     pub acquisitions: u64,
     /// Losses.

@@ -357,7 +357,7 @@ pub enum ConfigError {
 }
 
 /// Whether `addr` is an IPv6 address with a scope id.
-fn is_scoped(addr: &SocketAddr) -> bool {
+pub(super) fn is_scoped(addr: &SocketAddr) -> bool {
     matches!(addr, SocketAddr::V6(a) if a.scope_id() != 0)
 }
 
