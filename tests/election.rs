@@ -443,3 +443,38 @@ async fn a_join_address_that_is_not_host_and_port_is_refused_with_the_reason() {
     assert!(matches!(err, Error::InvalidSeed { ref seed, .. } if seed == "worker-1"));
     assert!(err.to_string().contains("no port"), "{err}");
 }
+
+/// A candidacy obtained again after the previous one stepped down and withdrew waits for
+/// a new acquisition: it is never handed the lease the previous one held (the preferred
+/// worker would otherwise run again while the next worker still holds the ticket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obtaining_again_after_a_step_down_never_hands_out_the_old_lease() {
+    let addrs: Vec<_> = (0..2).map(|_| free_addr()).collect();
+    // echo over w0, w1 prefers w0.
+    let nodes = start_fleet(&NAMES[..2], &addrs).await;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let mut w1 = nodes[1].obtain("echo", 1).await.unwrap();
+    let mut w0 = nodes[0].obtain("echo", 1).await.unwrap();
+    let first = w0.acquired().await.unwrap();
+    let first_id = first.id();
+    expect_owners(&refs, "echo", &["w0"]).await;
+    drop(first); // steps down
+    w0.withdraw().await;
+    let w1_lease = tokio::time::timeout(PATIENCE, w1.acquired())
+        .await
+        .expect("w1 takes over")
+        .unwrap();
+    let mut w0 = nodes[0].obtain("echo", 1).await.unwrap();
+    let again = tokio::time::timeout(PATIENCE, w0.acquired())
+        .await
+        .expect("w0 acquires again after its step-down back-off")
+        .unwrap();
+    assert_ne!(again.id(), first_id, "the old lease was handed out again");
+    // w0 holds again only once w1 gave the ticket up.
+    assert!(w1_lease.is_lost(), "w0 acquired while w1 still held");
+    drop(w1_lease);
+    drop(again);
+    for node in &nodes {
+        node.leave().await;
+    }
+}

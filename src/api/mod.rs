@@ -19,7 +19,7 @@ pub use lease::{Candidacy, Lease, Tenure};
 
 use crate::driver::Command;
 use crate::error::{Error, Result};
-use crate::proto::{Core, LeaseId, MemberInfo, NodeInfo, NodeState, OwnerInfo, Owners};
+use crate::proto::{Core, MemberInfo, NodeInfo, NodeState, OwnerInfo, Owners};
 
 #[derive(Debug)]
 struct NodeInner {
@@ -157,12 +157,15 @@ impl Node {
             })
             .await??;
         let status = shared.status.subscribe();
+        // A lease an earlier candidacy for the resource handed out is never handed out
+        // again, even while its state lingers (it is being yielded, or was dropped).
+        let last = *shared.handed_out.lock().expect("not poisoned");
         Ok(Candidacy {
             resource: resource.to_string(),
             commands: self.inner.commands.clone(),
             status,
             shared,
-            last: LeaseId::default(),
+            last,
             withdrawn: false,
         })
     }

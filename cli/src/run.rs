@@ -1,0 +1,325 @@
+//! `gossip-election run`: a node, and a child process that runs while the node holds a
+//! ticket.
+//!
+//! - acquired: the child starts (`GOSSIP_ELECTION_RESOURCE`, `..._NODE`, `..._LEASE` in
+//!   its environment);
+//! - lost: SIGTERM to the child's group, SIGKILL after `--grace`, then the lease is
+//!   dropped: the ticket is never yielded while the child lives;
+//! - the child exits on its own: the lease is dropped and the worker stops competing for
+//!   a back-off that doubles with each exit in a row, so a crash loop neither keeps the
+//!   ticket nor takes it back from a healthy worker every few seconds;
+//! - SIGTERM or SIGINT: the child is stopped first, then the node leaves the fleet.
+
+use std::time::Duration;
+
+use gossip_election::{Candidacy, Error, Keyring, Node, Plaintext};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::child::{Child, describe};
+use crate::{Exit, PlaintextArg, RunArgs};
+
+/// The least time SIGKILL and reaping get between the end of the grace period and the
+/// handoff timeout.
+const KILL_MARGIN: Duration = Duration::from_millis(500);
+
+/// Runs the sidecar until a signal stops it or the node stops.
+pub async fn run(args: RunArgs) -> Exit {
+    if let Err(message) = check(&args) {
+        eprintln!("gossip-election run: {message}");
+        return Exit::Usage;
+    }
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(err) => {
+            eprintln!("gossip-election run: cannot install the signal handlers: {err}");
+            return Exit::Internal;
+        }
+    };
+    crate::child::become_subreaper();
+    let node = match start(&args).await {
+        Ok(node) => node,
+        Err(exit) => return exit,
+    };
+    let exit = Sidecar {
+        args: &args,
+        node: &node,
+        backoff: Backoff::new(args.backoff, args.backoff_max),
+    }
+    .supervise(&mut signals)
+    .await;
+    if exit == Exit::Ok {
+        info!("leaving the fleet");
+        node.leave().await;
+    }
+    exit
+}
+
+/// What the flags cannot say on their own.
+fn check(args: &RunArgs) -> Result<(), String> {
+    if args.grace + KILL_MARGIN > args.handoff_timeout {
+        return Err(format!(
+            "--grace {} must be shorter than --handoff-timeout {} by at least {}: a lost ticket \
+             is yielded after the handoff timeout at the latest, and the child must be gone by then; \
+             lower --grace or raise --handoff-timeout",
+            humantime::format_duration(args.grace),
+            humantime::format_duration(args.handoff_timeout),
+            humantime::format_duration(KILL_MARGIN),
+        ));
+    }
+    if args.backoff.is_zero() || args.backoff > args.backoff_max {
+        return Err(format!(
+            "--backoff {} must be above zero and at most --backoff-max {}",
+            humantime::format_duration(args.backoff),
+            humantime::format_duration(args.backoff_max),
+        ));
+    }
+    Ok(())
+}
+
+async fn start(args: &RunArgs) -> Result<Node, Exit> {
+    let mut builder = Node::builder(&args.name)
+        .bind(args.bind)
+        .join(&args.join)
+        .handoff_timeout(args.handoff_timeout);
+    if let Some(advertise) = args.advertise {
+        builder = builder.advertise(advertise);
+    }
+    if let Some(path) = &args.key_file {
+        let keys = match std::fs::read_to_string(path) {
+            Ok(text) => Keyring::parse(&text).map_err(|err| {
+                eprintln!(
+                    "gossip-election run: the key file {}: {err}",
+                    path.display()
+                );
+                Exit::Usage
+            })?,
+            Err(err) => {
+                eprintln!(
+                    "gossip-election run: cannot read the key file {}: {err}",
+                    path.display()
+                );
+                return Err(Exit::StartFailed);
+            }
+        };
+        builder = builder.keys(keys).plaintext(match args.plaintext {
+            PlaintextArg::Send => Plaintext::SendAndAccept,
+            PlaintextArg::Accept => Plaintext::Accept,
+            PlaintextArg::Refuse => Plaintext::Refuse,
+        });
+    }
+    if let Some(addr) = args.debug_addr {
+        builder = builder.debug_addr(addr);
+    }
+    builder.start().await.map_err(|err| {
+        eprintln!("gossip-election run: {}", report(&err));
+        match err {
+            Error::Bind { .. } | Error::DebugBind { .. } | Error::Spawn(_) => Exit::StartFailed,
+            _ => Exit::Usage,
+        }
+    })
+}
+
+/// An error and its sources, on one line.
+fn report(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+struct Sidecar<'a> {
+    args: &'a RunArgs,
+    node: &'a Node,
+    backoff: Backoff,
+}
+
+/// How one tenure ended.
+enum Tenure {
+    /// The lease was lost (the child is stopped); compete on.
+    Lost,
+    /// The child exited on its own (or could not start): step down, back off.
+    ChildExited,
+    /// A signal: the child is stopped; leave.
+    Signalled,
+}
+
+impl Sidecar<'_> {
+    async fn supervise(&mut self, signals: &mut Signals) -> Exit {
+        let args = self.args;
+        loop {
+            let mut candidacy = match self.node.obtain(&args.resource, args.tickets).await {
+                Ok(candidacy) => candidacy,
+                Err(err) => {
+                    eprintln!("gossip-election run: {}", report(&err));
+                    return match err {
+                        Error::Stopped => Exit::NodeStopped,
+                        _ => Exit::Usage,
+                    };
+                }
+            };
+            info!(resource = %args.resource, tickets = args.tickets, "competing");
+            loop {
+                let lease = tokio::select! {
+                    biased;
+                    name = signals.recv() => {
+                        info!(signal = name, "stopping");
+                        return Exit::Ok;
+                    }
+                    lease = candidacy.acquired() => match lease {
+                        Ok(lease) => lease,
+                        Err(_) => {
+                            error!("the node stopped");
+                            return Exit::NodeStopped;
+                        }
+                    },
+                };
+                match self.tenure(lease, signals).await {
+                    Tenure::Lost => continue,
+                    Tenure::Signalled => return Exit::Ok,
+                    Tenure::ChildExited => break,
+                }
+            }
+            if self.back_off(candidacy, signals).await.is_err() {
+                return Exit::Ok;
+            }
+        }
+    }
+
+    /// Runs the child for one lease, and drops the lease once the child is gone.
+    async fn tenure(&mut self, lease: gossip_election::Lease, signals: &mut Signals) -> Tenure {
+        let args = self.args;
+        let env = [
+            ("GOSSIP_ELECTION_RESOURCE", args.resource.clone()),
+            ("GOSSIP_ELECTION_NODE", args.name.clone()),
+            ("GOSSIP_ELECTION_LEASE", lease.id().get().to_string()),
+        ];
+        let mut child = match Child::spawn(&args.command, &env) {
+            Ok(child) => child,
+            Err(err) => {
+                error!(%err, "cannot start the child");
+                return Tenure::ChildExited;
+            }
+        };
+        let started = Instant::now();
+        info!(
+            pid = child.pid(),
+            lease = lease.id().get(),
+            "acquired: the child started"
+        );
+        let ended = tokio::select! {
+            biased;
+            name = signals.recv() => {
+                info!(signal = name, pid = child.pid(), "stopping the child, then leaving");
+                Tenure::Signalled
+            }
+            reason = lease.lost() => {
+                info!(reason = reason.as_str(), pid = child.pid(), "lost: stopping the child");
+                Tenure::Lost
+            }
+            status = child.exited() => {
+                let status = status.map_or_else(|err| err.to_string(), describe);
+                warn!(pid = child.pid(), %status, ran = ?started.elapsed(), "the child exited on its own: stepping down");
+                Tenure::ChildExited
+            }
+        };
+        self.backoff.ran(started.elapsed());
+        if let Err(err) = child.stop(args.grace).await {
+            error!(%err, "cannot wait for the child");
+        }
+        drop(lease);
+        ended
+    }
+
+    /// Stops competing for the back-off; `Err` if a signal came meanwhile.
+    async fn back_off(&mut self, candidacy: Candidacy, signals: &mut Signals) -> Result<(), ()> {
+        let wait = self.backoff.next();
+        warn!(backoff = %humantime::format_duration(wait), "not competing until the back-off ends");
+        // The lease is dropped already: this only waits for the yield to go out.
+        candidacy.withdraw().await;
+        tokio::select! {
+            biased;
+            name = signals.recv() => {
+                info!(signal = name, "stopping");
+                Err(())
+            }
+            () = tokio::time::sleep(wait) => Ok(()),
+        }
+    }
+}
+
+/// The back-off after the child exits on its own: `initial`, doubled with each exit in a
+/// row up to `max`; a child that ran for `max` resets it.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    /// A child ran this long before it exited.
+    fn ran(&mut self, ran: Duration) {
+        if ran >= self.max {
+            self.next = self.initial;
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+}
+
+/// SIGTERM and SIGINT.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            biased;
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_max_and_a_long_run_resets_it() {
+        let s = Duration::from_secs;
+        let mut backoff = Backoff::new(s(10), s(60));
+        let waits: Vec<_> = (0..5).map(|_| backoff.next()).collect();
+        assert_eq!(waits, [s(10), s(20), s(40), s(60), s(60)]);
+        backoff.ran(s(59));
+        assert_eq!(backoff.next(), s(60));
+        backoff.ran(s(60));
+        assert_eq!(backoff.next(), s(10));
+    }
+}

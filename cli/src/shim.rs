@@ -1,0 +1,99 @@
+//! The child's supervisor. The sidecar starts its own binary as `exec-child` in a new
+//! process group; this sets its parent-death signal, checks that the sidecar is still
+//! there, and runs the command in its group. It then only waits: when the command exits
+//! it exits with the same code (128 + N for a command killed by signal N); when the
+//! sidecar dies (even by `kill -9`), the parent-death signal wakes it and it kills the
+//! whole group, the command's own children too. So the old child is gone before the
+//! fleet can start another.
+//!
+//! A SIGTERM the sidecar sends to the group reaches this process as well; it keeps
+//! waiting for the command, which got the same signal.
+
+use std::process::ExitCode;
+
+use rustix::process::{Pid, Signal, getpgrp, getppid, kill_process_group};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{ExecChildArgs, Exit};
+
+/// Runs the command as described above; returns its exit code.
+pub fn exec_child(args: ExecChildArgs) -> ExitCode {
+    let Some((program, rest)) = args.command.split_first() else {
+        return Exit::Usage.into();
+    };
+    if let Err(err) = rustix::process::set_parent_process_death_signal(Some(Signal::TERM)) {
+        eprintln!("gossip-election: cannot set the parent-death signal: {err}");
+        return Exit::Internal.into();
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("gossip-election: cannot start the runtime: {err}");
+            return Exit::Internal.into();
+        }
+    };
+    runtime.block_on(async move {
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(err) => {
+                eprintln!("gossip-election: cannot handle SIGTERM: {err}");
+                return Exit::Internal.into();
+            }
+        };
+        // The sidecar may have died before the signal was set: then none would come.
+        if !parent_alive(args.parent) {
+            eprintln!("gossip-election: the sidecar is gone; not starting the command");
+            return Exit::Internal.into();
+        }
+        let mut command = match tokio::process::Command::new(program).args(rest).spawn() {
+            Ok(command) => command,
+            Err(err) => {
+                eprintln!(
+                    "gossip-election: cannot run {}: {err}",
+                    program.to_string_lossy()
+                );
+                let code = if err.kind() == std::io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                };
+                return ExitCode::from(code);
+            }
+        };
+        loop {
+            tokio::select! {
+                biased;
+                status = command.wait() => return match status {
+                    Ok(status) => exit_code(status),
+                    Err(err) => {
+                        eprintln!("gossip-election: cannot wait for the command: {err}");
+                        Exit::Internal.into()
+                    }
+                },
+                _ = term.recv() => {
+                    if !parent_alive(args.parent) {
+                        // This process is in the group too: nothing outlives the sidecar.
+                        let _ = kill_process_group(getpgrp(), Signal::KILL);
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn parent_alive(parent: u32) -> bool {
+    getppid().is_some_and(|p| Some(p) == Pid::from_raw(parent as i32))
+}
+
+/// The command's exit code, or 128 + the signal that killed it (as shells report it).
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitCode::from(code as u8),
+        (None, Some(signal)) => ExitCode::from(128u8.saturating_add(signal as u8)),
+        (None, None) => Exit::Internal.into(),
+    }
+}
