@@ -64,9 +64,10 @@ pub struct RunArgs {
     /// UDP address to bind.
     #[arg(long, env = "GOSSIP_ELECTION_BIND")]
     pub bind: SocketAddr,
-    /// Address peers send to (required with a wildcard bind).
+    /// Address peers send to, HOST:PORT or an address (required with a wildcard bind); a
+    /// name is resolved once at start, so a container can give its own service name.
     #[arg(long, env = "GOSSIP_ELECTION_ADVERTISE")]
-    pub advertise: Option<SocketAddr>,
+    pub advertise: Option<Seed>,
     /// Fleet members to join through, HOST:PORT or addresses (repeatable, or
     /// comma-separated); this worker's own address is fine, and a name counts every
     /// address it resolves to (a headless service, a compose service).

@@ -10,9 +10,10 @@
 //!   ticket nor takes it back from a healthy worker every few seconds;
 //! - SIGTERM or SIGINT: the child is stopped first, then the node leaves the fleet.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use gossip_election::{Candidacy, Error, Keyring, Node, Plaintext};
+use gossip_election::{Candidacy, Error, Keyring, Node, Plaintext, Seed};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -23,6 +24,9 @@ use crate::{Exit, PlaintextArg, RunArgs};
 /// The least time SIGKILL and reaping get between the end of the grace period and the
 /// handoff timeout.
 const KILL_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long resolving the `--advertise` name may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the sidecar until a signal stops it or the node stops.
 pub async fn run(args: RunArgs) -> Exit {
@@ -83,8 +87,8 @@ async fn start(args: &RunArgs) -> Result<Node, Exit> {
         .bind(args.bind)
         .join(&args.join)
         .handoff_timeout(args.handoff_timeout);
-    if let Some(advertise) = args.advertise {
-        builder = builder.advertise(advertise);
+    if let Some(advertise) = &args.advertise {
+        builder = builder.advertise(resolve_advertise(advertise).await?);
     }
     if let Some(path) = &args.key_file {
         let keys = match std::fs::read_to_string(path) {
@@ -118,6 +122,34 @@ async fn start(args: &RunArgs) -> Result<Node, Exit> {
             Error::Bind { .. } | Error::DebugBind { .. } | Error::Spawn(_) => Exit::StartFailed,
             _ => Exit::Usage,
         }
+    })
+}
+
+/// The advertise address, or the first address its name resolves to (IPv4 first).
+async fn resolve_advertise(advertise: &Seed) -> Result<SocketAddr, Exit> {
+    if let Some(addr) = advertise.addr() {
+        return Ok(addr);
+    }
+    let text = advertise.to_string();
+    let resolved =
+        tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(text.as_str())).await;
+    let mut addrs: Vec<SocketAddr> = match resolved {
+        Ok(Ok(addrs)) => addrs.collect(),
+        Ok(Err(err)) => {
+            eprintln!("gossip-election run: cannot resolve --advertise {text}: {err}");
+            return Err(Exit::StartFailed);
+        }
+        Err(_) => {
+            eprintln!(
+                "gossip-election run: --advertise {text} did not resolve within {RESOLVE_TIMEOUT:?}"
+            );
+            return Err(Exit::StartFailed);
+        }
+    };
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    addrs.first().copied().ok_or_else(|| {
+        eprintln!("gossip-election run: --advertise {text} resolves to no address");
+        Exit::StartFailed
     })
 }
 

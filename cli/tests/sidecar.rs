@@ -230,3 +230,132 @@ fn flags_read_their_environment_variables_and_none_reaches_the_child() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+fn look(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN).args(args).output().unwrap()
+}
+
+#[test]
+fn members_owners_and_events_print_what_a_node_sees() {
+    let scratch = Scratch::new("look");
+    let (ledger_path, lock) = (scratch.path("ledger"), scratch.path("lock"));
+    let sidecars = three(
+        &scratch,
+        ["w1", "w2", "w3"],
+        |_| steady_child(&ledger_path, &lock),
+        &[],
+    );
+    let (_, holder) = the_live_child(&ledger_path);
+    let addr = sidecars[0].debug_addr.to_string();
+    // Every node's view agrees once the holder's record has spread.
+    let mut owners = String::new();
+    wait_for("w1 to see the holder", || {
+        let out = look(&["owners", "--debug-addr", &addr]);
+        owners = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.success() && owners.lines().nth(1).is_some_and(|l| l.contains(&holder))
+    });
+    eprintln!("$ gossip-election owners --debug-addr {addr}\n{owners}");
+    let header: Vec<&str> = owners
+        .lines()
+        .next()
+        .unwrap()
+        .split("  ")
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header.iter().map(|c| c.trim()).collect::<Vec<_>>(),
+        [
+            "RESOURCE",
+            "TICKETS",
+            "OWNERS",
+            "DESIRED",
+            "CANDIDATES",
+            "HELD HERE"
+        ]
+    );
+    let row: Vec<&str> = owners.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..4],
+        ["job", "1", holder.as_str(), holder.as_str()],
+        "{owners}"
+    );
+
+    let members = look(&["members", "--debug-addr", &addr]);
+    assert!(members.status.success());
+    let members = String::from_utf8_lossy(&members.stdout);
+    eprintln!("$ gossip-election members --debug-addr {addr}\n{members}");
+    for name in ["w1", "w2", "w3"] {
+        assert!(
+            members
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains("alive")),
+            "{members}"
+        );
+    }
+
+    let json = look(&["owners", "--debug-addr", &addr, "--json"]);
+    let parsed: Vec<gossip_election::debug::OwnersView> =
+        serde_json::from_slice(&json.stdout).expect("--json prints the endpoint's JSON");
+    assert_eq!(parsed[0].owners, [holder.clone()]);
+
+    // `events` follows the stream; the node replays its recent events to a new reader.
+    let mut events = std::process::Command::new(BIN)
+        .args(["events", "--debug-addr", &addr])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = events.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("owners") && l.contains(&holder))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no owners event naming {holder}: {seen:?}"),
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    eprintln!(
+        "$ gossip-election events --debug-addr {addr}\n{}",
+        seen.join("\n")
+    );
+}
+
+#[test]
+fn an_unreachable_endpoint_exits_5_and_a_foreign_one_exits_6() {
+    let closed = format!("127.0.0.1:{}", free_port());
+    let out = look(&["members", "--debug-addr", &closed]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+
+    // An HTTP server that is not a node.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = conn.read(&mut buf);
+        let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+    });
+    let out = look(&["owners", "--debug-addr", &addr]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    server.join().unwrap();
+}
