@@ -296,7 +296,7 @@ fn members_owners_and_events_print_what_a_node_sees() {
     let json = look(&["owners", "--debug-addr", &addr, "--json"]);
     let parsed: Vec<gossip_election::debug::OwnersView> =
         serde_json::from_slice(&json.stdout).expect("--json prints the endpoint's JSON");
-    assert_eq!(parsed[0].owners, [holder.clone()]);
+    assert_eq!(parsed[0].owners, std::slice::from_ref(&holder));
 
     // `events` follows the stream; the node replays its recent events to a new reader.
     let mut events = std::process::Command::new(BIN)
