@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,14 +120,11 @@ pub(crate) struct Driver<S> {
     pub sealer: Option<Sealer>,
     /// Seed names and what they resolved to.
     pub seeds: SeedNames,
-    /// A resolution of the seed names under way.
-    resolving: Option<Resolving>,
+    /// Resolutions of seed names under way, one task a name.
+    resolving: tokio::task::JoinSet<(String, io::Result<Vec<SocketAddr>>)>,
     /// The core's announce count when the names were last resolved.
     resolved_at_announce: Option<u64>,
 }
-
-/// Resolving seed names: each name with its addresses or why it has none.
-type Resolving = Pin<Box<dyn Future<Output = Vec<(String, io::Result<Vec<SocketAddr>>)>> + Send>>;
 
 /// How long one seed name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -155,7 +151,7 @@ impl<S: Socket> Driver<S> {
             observer: None,
             sealer: None,
             seeds: SeedNames::default(),
-            resolving: None,
+            resolving: tokio::task::JoinSet::new(),
             resolved_at_announce: None,
         }
     }
@@ -201,9 +197,11 @@ impl<S: Socket> Driver<S> {
                         self.core.leave(now);
                     }
                 },
-                results = resolved(resolving) => {
-                    self.resolving = None;
-                    if let Some(seeds) = self.seeds.update(results) {
+                Some(joined) = resolving.join_next(), if !resolving.is_empty() => {
+                    // Each name as soon as it resolves: a slow one holds up no other.
+                    if let Ok(result) = joined
+                        && let Some(seeds) = self.seeds.update(vec![result])
+                    {
                         let now = self.now();
                         self.core.set_seeds(now, seeds);
                     }
@@ -214,21 +212,21 @@ impl<S: Socket> Driver<S> {
     }
 
     /// Resolves the seed names when the node starts and again after each announce (the
-    /// core announces only while it is not connected), one resolution at a time.
+    /// core announces only while it is not connected), one round at a time.
     fn resolve_seeds(&mut self) {
         let announces = self.core.stats().announces;
         if self.seeds.is_empty()
-            || self.resolving.is_some()
+            || !self.resolving.is_empty()
             || self.resolved_at_announce == Some(announces)
             || self.core.state() == NodeState::Left
         {
             return;
         }
         self.resolved_at_announce = Some(announces);
-        self.resolving = Some(Box::pin(crate::seed::resolve(
-            self.seeds.names(),
-            RESOLVE_TIMEOUT,
-        )));
+        for name in self.seeds.names() {
+            self.resolving
+                .spawn(crate::seed::resolve(name, RESOLVE_TIMEOUT));
+        }
     }
 
     fn command(&mut self, command: Command) {
@@ -432,13 +430,6 @@ impl<S> Driver<S> {
 impl<S> Drop for Driver<S> {
     fn drop(&mut self) {
         self.close();
-    }
-}
-
-async fn resolved(resolving: &mut Option<Resolving>) -> Vec<(String, io::Result<Vec<SocketAddr>>)> {
-    match resolving {
-        Some(resolution) => resolution.await,
-        None => std::future::pending().await,
     }
 }
 

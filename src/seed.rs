@@ -227,25 +227,21 @@ impl SeedNames {
     }
 }
 
-/// Resolves every name (each at most `timeout`).
+/// Resolves one name (at most `timeout`).
 pub(crate) async fn resolve(
-    names: Vec<String>,
+    name: String,
     timeout: std::time::Duration,
-) -> Vec<(String, std::io::Result<Vec<SocketAddr>>)> {
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        let lookup = tokio::time::timeout(timeout, tokio::net::lookup_host(name.clone())).await;
-        let result = match lookup {
-            Ok(Ok(addrs)) => Ok(addrs.collect()),
-            Ok(Err(err)) => Err(err),
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {timeout:?}"),
-            )),
-        };
-        out.push((name, result));
-    }
-    out
+) -> (String, std::io::Result<Vec<SocketAddr>>) {
+    let lookup = tokio::time::timeout(timeout, tokio::net::lookup_host(name.clone())).await;
+    let result = match lookup {
+        Ok(Ok(addrs)) => Ok(addrs.collect()),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {timeout:?}"),
+        )),
+    };
+    (name, result)
 }
 
 #[cfg(test)]

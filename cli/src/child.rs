@@ -13,8 +13,8 @@ use tracing::{info, warn};
 
 use crate::ENV_PREFIX;
 
-/// How often to look whether the child's group is gone after SIGKILL, and for how long
-/// (a process in uninterruptible sleep dies only when its I/O ends).
+/// How often to look whether the child's group is gone, and how long after SIGKILL at
+/// most (a process in uninterruptible sleep dies only when its I/O ends).
 const GROUP_POLL: Duration = Duration::from_millis(1);
 const GROUP_PATIENCE: Duration = Duration::from_secs(1);
 
@@ -28,8 +28,8 @@ impl Child {
     /// Starts `command` (through the shim) with `env` added and every `GOSSIP_ELECTION_*`
     /// variable of the sidecar's removed.
     pub(crate) fn spawn(command: &[OsString], env: &[(&str, String)]) -> io::Result<Child> {
-        let exe = std::env::current_exe()?;
-        let mut shim = tokio::process::Command::new(exe);
+        // This very binary, even when the file was replaced by an upgrade meanwhile.
+        let mut shim = tokio::process::Command::new("/proc/self/exe");
         shim.arg("exec-child")
             .arg("--parent")
             .arg(std::process::id().to_string())
@@ -62,47 +62,60 @@ impl Child {
         self.process.wait().await
     }
 
-    /// Stops the child: SIGTERM to its group, SIGKILL after `grace`, and once it has
-    /// exited, SIGKILL to what is left of its group. Returns once the child is reaped and
-    /// its group is empty (or a second after SIGKILL at most).
+    /// Stops the child and everything in its process group: SIGTERM to the group (also
+    /// when the command has exited already: what it left behind gets the same chance),
+    /// SIGKILL to the group once `grace` has passed with any of it still running. Returns
+    /// once the command is reaped and its group is empty, or a second after SIGKILL at
+    /// most (a process in uninterruptible sleep dies only when its I/O ends).
     pub(crate) async fn stop(mut self, grace: Duration) -> io::Result<ExitStatus> {
-        let status = match self.process.try_wait()? {
-            Some(status) => status,
-            None => {
-                self.signal(Signal::TERM);
-                match tokio::time::timeout(grace, self.process.wait()).await {
-                    Ok(status) => status?,
-                    Err(_) => {
-                        warn!(
-                            pid = self.pid(),
-                            ?grace,
-                            "the child did not stop within the grace period: SIGKILL"
-                        );
-                        self.signal(Signal::KILL);
-                        self.process.wait().await?
-                    }
-                }
+        let deadline = tokio::time::Instant::now() + grace;
+        self.signal(Signal::TERM);
+        let mut killed_at = None;
+        let status = match tokio::time::timeout_at(deadline, self.process.wait()).await {
+            Ok(status) => status?,
+            Err(_) => {
+                warn!(
+                    pid = self.pid(),
+                    ?grace,
+                    "the child did not stop within the grace period: SIGKILL"
+                );
+                self.signal(Signal::KILL);
+                killed_at = Some(tokio::time::Instant::now());
+                self.process.wait().await?
             }
         };
-        // Whatever else runs in its group goes too, and is gone before this returns. Its
-        // orphans were handed to this process (a subreaper, see `become_subreaper`):
-        // reap them, or they would linger as zombies of the group.
-        self.signal(Signal::KILL);
-        let deadline = tokio::time::Instant::now() + GROUP_PATIENCE;
+        // The rest of the group: its orphans were handed to this process (a subreaper,
+        // see `become_subreaper`), so reap them, or they would linger as zombies.
         loop {
             let reap = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
             while let Ok(Some(_)) = waitid(WaitId::Pgid(Some(self.group)), reap) {}
             if test_kill_process_group(self.group) == Err(rustix::io::Errno::SRCH) {
                 break;
             }
-            if tokio::time::Instant::now() >= deadline {
-                warn!(
-                    pid = self.pid(),
-                    "processes of the child's group outlive SIGKILL"
-                );
-                break;
+            let now = tokio::time::Instant::now();
+            match killed_at {
+                None if now >= deadline => {
+                    warn!(
+                        pid = self.pid(),
+                        ?grace,
+                        "processes of the child's group outlived the grace period: SIGKILL"
+                    );
+                    self.signal(Signal::KILL);
+                    killed_at = Some(now);
+                }
+                Some(at) if now >= at + GROUP_PATIENCE => {
+                    warn!(
+                        pid = self.pid(),
+                        "processes of the child's group outlive SIGKILL"
+                    );
+                    break;
+                }
+                _ => {}
             }
             tokio::time::sleep(GROUP_POLL).await;
+        }
+        // Orphans that left the group (setsid) were handed here too: reap the exited ones.
+        while let Ok(Some(_)) = waitid(WaitId::All, WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
         }
         info!(pid = self.pid(), status = %describe(status), "the child stopped");
         Ok(status)

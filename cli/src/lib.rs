@@ -131,7 +131,7 @@ pub struct LookArgs {
     #[arg(long, env = "GOSSIP_ELECTION_DEBUG_ADDR")]
     pub debug_addr: String,
     /// Print the endpoint's JSON (one document; for `events`, one event a line).
-    #[arg(long)]
+    #[arg(long, env = "GOSSIP_ELECTION_JSON")]
     pub json: bool,
 }
 
@@ -154,7 +154,7 @@ pub struct ExecChildArgs {
 /// | 1 | an unexpected failure (installing a signal handler, starting the runtime) | the same |
 /// | 2 | the command line or the configuration is wrong; the message says what | the same |
 /// | 3 | the node could not start (an address is taken, the key file is unreadable) | — |
-/// | 4 | the node stopped on its own (its protocol thread ended) | — |
+/// | 4 | the node stopped on its own, or a newer process of its name took over | — |
 /// | 5 | — | the endpoint is unreachable, or closed the event stream |
 /// | 6 | — | the endpoint answered, but not as a gossip-election debug endpoint |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -34,7 +34,9 @@ pub async fn look(what: Look, args: LookArgs) -> Exit {
     match result {
         Ok(()) => Exit::Ok,
         Err(failure) => {
-            eprintln!("gossip-election: {}: {}", args.debug_addr, failure.message);
+            if !failure.message.is_empty() {
+                eprintln!("gossip-election: {}: {}", args.debug_addr, failure.message);
+            }
             failure.exit
         }
     }
@@ -56,6 +58,24 @@ fn bad_answer(message: impl std::fmt::Display) -> Failure {
     Failure {
         exit: Exit::BadAnswer,
         message: message.to_string(),
+    }
+}
+
+/// Writes `text` and a newline to stdout; a reader that went away (`| head -1`) ends the
+/// command quietly.
+fn emit(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure {
+            exit: Exit::Ok,
+            message: String::new(),
+        }),
+        Err(err) => Err(Failure {
+            exit: Exit::Internal,
+            message: format!("cannot write to stdout: {err}"),
+        }),
     }
 }
 
@@ -100,11 +120,10 @@ async fn once<T: serde::de::DeserializeOwned>(
     let rows: Vec<T> = serde_json::from_slice(&bytes)
         .map_err(|err| bad_answer(format!("GET {path} is not what a node serves: {err}")))?;
     if args.json {
-        println!("{}", String::from_utf8_lossy(&bytes));
+        emit(&String::from_utf8_lossy(&bytes))
     } else {
-        print!("{}", render(&table(&rows)));
+        emit(render(&table(&rows)).trim_end())
     }
-    Ok(())
 }
 
 fn members_table(members: &[MemberView]) -> Vec<Vec<String>> {
@@ -215,9 +234,9 @@ async fn follow(args: &LookArgs) -> Result<(), Failure> {
                     bad_answer(format!("an event is not what a node sends: {err}"))
                 })?;
                 if args.json {
-                    println!("{json}");
+                    emit(&json)?;
                 } else {
-                    println!("{}", event_line(&event));
+                    emit(&event_line(&event))?;
                 }
             }
         }
@@ -242,12 +261,16 @@ fn sse_data(block: &[u8]) -> Option<String> {
 
 /// `2026-12-04T12:00:00.123Z  down      w2@127.0.0.1:7402`
 fn event_line(event: &EventView) -> String {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(event.unix_ms);
-    let mut line = format!(
-        "{}  {:<9}",
-        humantime::format_rfc3339_millis(at),
-        event.kind
-    );
+    // RFC 3339 ends at the year 9999: later (a clock gone wrong) shows the number.
+    let at = if event.unix_ms < 253_402_300_800_000 {
+        humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + Duration::from_millis(event.unix_ms),
+        )
+        .to_string()
+    } else {
+        format!("unix_ms={}", event.unix_ms)
+    };
+    let mut line = format!("{at}  {:<9}", event.kind);
     for part in [&event.member, &event.resource, &event.reason]
         .into_iter()
         .flatten()

@@ -4,7 +4,8 @@
 //! - acquired: the child starts (`GOSSIP_ELECTION_RESOURCE`, `..._NODE`, `..._LEASE` in
 //!   its environment);
 //! - lost: SIGTERM to the child's group, SIGKILL after `--grace`, then the lease is
-//!   dropped: the ticket is never yielded while the child lives;
+//!   dropped: the node does not yield the ticket while the child's processes live (and
+//!   the other workers wait the handoff timeout, longer than `--grace`);
 //! - the child exits on its own: the lease is dropped and the worker stops competing for
 //!   a back-off that doubles with each exit in a row, so a crash loop neither keeps the
 //!   ticket nor takes it back from a healthy worker every few seconds;
@@ -13,7 +14,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gossip_election::{Candidacy, Error, Keyring, Node, Plaintext, Seed};
+use gossip_election::{
+    Candidacy, CommandError, Error, Keyring, LostReason, Node, NodeState, Plaintext, Seed,
+};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -62,11 +65,11 @@ pub async fn run(args: RunArgs) -> Exit {
 
 /// What the flags cannot say on their own.
 fn check(args: &RunArgs) -> Result<(), String> {
-    if args.grace + KILL_MARGIN > args.handoff_timeout {
+    if args.grace.saturating_add(KILL_MARGIN) > args.handoff_timeout {
         return Err(format!(
-            "--grace {} must be shorter than --handoff-timeout {} by at least {}: a lost ticket \
-             is yielded after the handoff timeout at the latest, and the child must be gone by then; \
-             lower --grace or raise --handoff-timeout",
+            "--grace {} must be shorter than --handoff-timeout {} by at least {}: other workers \
+             take a lost ticket after the handoff timeout (and one anti-entropy period) even while \
+             the child runs, so it must be gone by then; lower --grace or raise --handoff-timeout",
             humantime::format_duration(args.grace),
             humantime::format_duration(args.handoff_timeout),
             humantime::format_duration(KILL_MARGIN),
@@ -86,9 +89,11 @@ async fn start(args: &RunArgs) -> Result<Node, Exit> {
     let mut builder = Node::builder(&args.name)
         .bind(args.bind)
         .join(&args.join)
-        .handoff_timeout(args.handoff_timeout);
+        .handoff_timeout(args.handoff_timeout)
+        // The node's own step-down back-off is the sidecar's first one.
+        .step_down_backoff(args.backoff);
     if let Some(advertise) = &args.advertise {
-        builder = builder.advertise(resolve_advertise(advertise).await?);
+        builder = builder.advertise(resolve_advertise(advertise, args.bind).await?);
     }
     if let Some(path) = &args.key_file {
         let keys = match std::fs::read_to_string(path) {
@@ -126,7 +131,7 @@ async fn start(args: &RunArgs) -> Result<Node, Exit> {
 }
 
 /// The advertise address, or the first address its name resolves to (IPv4 first).
-async fn resolve_advertise(advertise: &Seed) -> Result<SocketAddr, Exit> {
+async fn resolve_advertise(advertise: &Seed, bind: SocketAddr) -> Result<SocketAddr, Exit> {
     if let Some(addr) = advertise.addr() {
         return Ok(addr);
     }
@@ -146,11 +151,16 @@ async fn resolve_advertise(advertise: &Seed) -> Result<SocketAddr, Exit> {
             return Err(Exit::StartFailed);
         }
     };
-    addrs.sort_by_key(|a| !a.is_ipv4());
-    addrs.first().copied().ok_or_else(|| {
+    // Peers cannot reach a loopback address (Debian maps the host name to 127.0.1.1).
+    addrs.sort_by_key(|a| (a.ip().is_loopback(), !a.is_ipv4()));
+    let addr = addrs.first().copied().ok_or_else(|| {
         eprintln!("gossip-election run: --advertise {text} resolves to no address");
         Exit::StartFailed
-    })
+    })?;
+    if addr.ip().is_loopback() && !bind.ip().is_loopback() {
+        warn!(%addr, "--advertise {text} resolves to a loopback address only: peers on other hosts cannot reach this node");
+    }
+    Ok(addr)
 }
 
 /// An error and its sources, on one line.
@@ -179,18 +189,27 @@ enum Tenure {
     ChildExited,
     /// A signal: the child is stopped; leave.
     Signalled,
+    /// The node stopped or was superseded: the child is stopped; nothing will come.
+    Ended,
 }
 
 impl Sidecar<'_> {
     async fn supervise(&mut self, signals: &mut Signals) -> Exit {
         let args = self.args;
         loop {
-            let mut candidacy = match self.node.obtain(&args.resource, args.tickets).await {
+            // The ticket stays here until the child is gone, lease dropped.
+            let obtained = self
+                .node
+                .obtain_until_dropped(&args.resource, args.tickets)
+                .await;
+            let mut candidacy = match obtained {
                 Ok(candidacy) => candidacy,
                 Err(err) => {
                     eprintln!("gossip-election run: {}", report(&err));
                     return match err {
-                        Error::Stopped => Exit::NodeStopped,
+                        Error::Stopped | Error::Command(CommandError::NotRunning(_)) => {
+                            Exit::NodeStopped
+                        }
                         _ => Exit::Usage,
                     };
                 }
@@ -215,10 +234,14 @@ impl Sidecar<'_> {
                     Tenure::Lost => continue,
                     Tenure::Signalled => return Exit::Ok,
                     Tenure::ChildExited => break,
+                    Tenure::Ended => {
+                        error!("a newer process of this name runs, or the node stopped");
+                        return Exit::NodeStopped;
+                    }
                 }
             }
-            if self.back_off(candidacy, signals).await.is_err() {
-                return Exit::Ok;
+            if let Err(exit) = self.back_off(candidacy, signals).await {
+                return exit;
             }
         }
     }
@@ -252,7 +275,10 @@ impl Sidecar<'_> {
             }
             reason = lease.lost() => {
                 info!(reason = reason.as_str(), pid = child.pid(), "lost: stopping the child");
-                Tenure::Lost
+                match reason {
+                    LostReason::Superseded | LostReason::Stopped => Tenure::Ended,
+                    _ => Tenure::Lost,
+                }
             }
             status = child.exited() => {
                 let status = status.map_or_else(|err| err.to_string(), describe);
@@ -268,17 +294,33 @@ impl Sidecar<'_> {
         ended
     }
 
-    /// Stops competing for the back-off; `Err` if a signal came meanwhile.
-    async fn back_off(&mut self, candidacy: Candidacy, signals: &mut Signals) -> Result<(), ()> {
+    /// Stops competing for the back-off; `Err` with the exit if a signal came or the
+    /// node stopped meanwhile.
+    async fn back_off(&mut self, candidacy: Candidacy, signals: &mut Signals) -> Result<(), Exit> {
         let wait = self.backoff.next();
         warn!(backoff = %humantime::format_duration(wait), "not competing until the back-off ends");
         // The lease is dropped already: this only waits for the yield to go out.
         candidacy.withdraw().await;
+        let mut state = self.node.watch_state();
+        let ended = async move {
+            while !matches!(
+                *state.borrow_and_update(),
+                NodeState::Left | NodeState::Superseded
+            ) {
+                if state.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
         tokio::select! {
             biased;
             name = signals.recv() => {
                 info!(signal = name, "stopping");
-                Err(())
+                Err(Exit::Ok)
+            }
+            () = ended => {
+                error!("a newer process of this name runs, or the node stopped");
+                Err(Exit::NodeStopped)
             }
             () = tokio::time::sleep(wait) => Ok(()),
         }
@@ -311,7 +353,7 @@ impl Backoff {
 
     fn next(&mut self) -> Duration {
         let wait = self.next;
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
         wait
     }
 }

@@ -7,7 +7,8 @@
 //! fleet can start another.
 //!
 //! A SIGTERM the sidecar sends to the group reaches this process as well; it keeps
-//! waiting for the command, which got the same signal.
+//! waiting for the command, which got the same signal. So do the signals a user sends
+//! to the group (SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2): they are the command's.
 
 use std::process::ExitCode;
 
@@ -43,10 +44,37 @@ pub fn exec_child(args: ExecChildArgs) -> ExitCode {
                 return Exit::Internal.into();
             }
         };
+        // Signals a user sends to the group reach the command directly; they must not
+        // end this process (the sidecar would take it for the command's exit).
+        let mut others = Vec::new();
+        for kind in [
+            SignalKind::hangup(),
+            SignalKind::interrupt(),
+            SignalKind::quit(),
+            SignalKind::user_defined1(),
+            SignalKind::user_defined2(),
+        ] {
+            match signal(kind) {
+                Ok(handler) => others.push(handler),
+                Err(err) => {
+                    eprintln!("gossip-election: cannot handle a signal: {err}");
+                    return Exit::Internal.into();
+                }
+            }
+        }
         // The sidecar may have died before the signal was set: then none would come.
         if !parent_alive(args.parent) {
             eprintln!("gossip-election: the sidecar is gone; not starting the command");
             return Exit::Internal.into();
+        }
+        // A stop that came before the command exists is a stop: do not start it.
+        let stopped_early = tokio::select! {
+            biased;
+            _ = term.recv() => true,
+            () = std::future::ready(()) => false,
+        };
+        if stopped_early {
+            return ExitCode::from(128 + 15);
         }
         let mut command = match tokio::process::Command::new(program).args(rest).spawn() {
             Ok(command) => command,
@@ -73,6 +101,7 @@ pub fn exec_child(args: ExecChildArgs) -> ExitCode {
                         Exit::Internal.into()
                     }
                 },
+                () = any_of(&mut others) => {}
                 _ = term.recv() => {
                     if !parent_alive(args.parent) {
                         // This process is in the group too: nothing outlives the sidecar.
@@ -82,6 +111,19 @@ pub fn exec_child(args: ExecChildArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// Resolves when any of `signals` arrives.
+async fn any_of(signals: &mut [tokio::signal::unix::Signal]) {
+    std::future::poll_fn(|cx| {
+        for signal in signals.iter_mut() {
+            if signal.poll_recv(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 fn parent_alive(parent: u32) -> bool {

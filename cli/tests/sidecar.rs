@@ -26,6 +26,20 @@ fn three(
         .collect()
 }
 
+/// Sends SIGTERM to the sidecar whose child runs and waits for the next child: the old
+/// child's pid, its worker's name and index, and how long the next child took to start.
+fn sigterm_the_holder(
+    sidecars: &[Sidecar],
+    ledger_path: &std::path::Path,
+) -> (u32, String, usize, Duration) {
+    let (first, holder) = the_live_child(ledger_path);
+    let at = sidecars.iter().position(|s| s.name == holder).unwrap();
+    let signalled = Instant::now();
+    sidecars[at].signal(Signal::TERM);
+    wait_for("a new child", || starts(ledger_path).len() == 2);
+    (first, holder, at, signalled.elapsed())
+}
+
 fn no_overlap(ledger_path: &std::path::Path, watch: &Watch) {
     let overlaps: Vec<_> = ledger(ledger_path)
         .into_iter()
@@ -37,6 +51,7 @@ fn no_overlap(ledger_path: &std::path::Path, watch: &Watch) {
 
 #[test]
 fn kill_9_of_the_holding_sidecar_takes_its_child_and_the_ticket_moves() {
+    let _serial = serial();
     let scratch = Scratch::new("kill9");
     let (ledger_path, lock) = (scratch.path("ledger"), scratch.path("lock"));
     let watch = Watch::new(&ledger_path);
@@ -74,6 +89,7 @@ fn kill_9_of_the_holding_sidecar_takes_its_child_and_the_ticket_moves() {
 
 #[test]
 fn sigterm_to_the_holder_stops_its_child_before_the_successor_starts() {
+    let _serial = serial();
     let scratch = Scratch::new("sigterm");
     let (ledger_path, lock) = (scratch.path("ledger"), scratch.path("lock"));
     let watch = Watch::new(&ledger_path);
@@ -83,12 +99,7 @@ fn sigterm_to_the_holder_stops_its_child_before_the_successor_starts() {
         |_| steady_child(&ledger_path, &lock),
         &[],
     );
-    let (first, holder) = the_live_child(&ledger_path);
-    let at = sidecars.iter().position(|s| s.name == holder).unwrap();
-    let signalled = Instant::now();
-    sidecars[at].signal(Signal::TERM);
-    wait_for("a new child", || starts(&ledger_path).len() == 2);
-    let handover = signalled.elapsed();
+    let (first, holder, at, handover) = sigterm_the_holder(&sidecars, &ledger_path);
     let (second, successor) = the_live_child(&ledger_path);
     assert_eq!(
         sidecars[at].wait().code(),
@@ -120,6 +131,7 @@ fn sigterm_to_the_holder_stops_its_child_before_the_successor_starts() {
 
 #[test]
 fn a_crash_looping_child_steps_down_with_back_off_and_the_ticket_moves_to_a_healthy_worker() {
+    let _serial = serial();
     let scratch = Scratch::new("crashloop");
     let (ledger_path, lock) = (scratch.path("ledger"), scratch.path("lock"));
     // The crash-looping worker is the one the placement prefers for `job`.
@@ -144,8 +156,8 @@ fn a_crash_looping_child_steps_down_with_back_off_and_the_ticket_moves_to_a_heal
         starts(&ledger_path).iter().any(|(_, node)| node != looper)
     });
     // Watch the fleet for 30 s from the start: the back-off doubles (2, 4, 8, 16 s), so
-    // the preferred worker takes the ticket back at most 4 times; stepping down without
-    // a growing back-off would take it back every few seconds.
+    // the preferred worker takes the ticket back at most 4 times; a back-off that did
+    // not grow would take it back every 3 s.
     while started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -160,6 +172,15 @@ fn a_crash_looping_child_steps_down_with_back_off_and_the_ticket_moves_to_a_heal
     assert!(
         looper_log.contains("the child exited on its own") && looper_log.contains("exit status 1"),
         "{looper_log}"
+    );
+    let backoffs: Vec<&str> = looper_log
+        .lines()
+        .filter(|l| l.contains("not competing until the back-off ends"))
+        .filter_map(|l| l.split("backoff=").nth(1))
+        .collect();
+    assert!(
+        backoffs.len() >= 3 && backoffs[..3] == ["2s", "4s", "8s"],
+        "the back-off doubles: {backoffs:?}"
     );
 }
 
@@ -237,6 +258,7 @@ fn look(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn members_owners_and_events_print_what_a_node_sees() {
+    let _serial = serial();
     let scratch = Scratch::new("look");
     let (ledger_path, lock) = (scratch.path("ledger"), scratch.path("lock"));
     let sidecars = three(
@@ -358,4 +380,47 @@ fn an_unreachable_endpoint_exits_5_and_a_foreign_one_exits_6() {
     assert_eq!(out.status.code(), Some(6), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
     server.join().unwrap();
+}
+
+/// The ticket stays with the old worker until its child is gone: one that takes a second
+/// to stop after SIGTERM, and one that ignores SIGTERM and is killed after `--grace`.
+#[test]
+fn a_child_slow_to_stop_keeps_the_ticket_until_it_is_gone() {
+    let _serial = serial();
+    for (case, stubborn) in [("slow", false), ("stubborn", true)] {
+        let scratch = Scratch::new(case);
+        let (ledger_path, lock) = (scratch.path("ledger"), scratch.path("lock"));
+        let watch = Watch::new(&ledger_path);
+        let child = |_: &str| {
+            if stubborn {
+                stubborn_child(&ledger_path, &lock)
+            } else {
+                slow_child(&ledger_path, &lock)
+            }
+        };
+        // The slow child needs 1 s of its 3 s grace; the stubborn one gets 1 s.
+        let grace = if stubborn { "1s" } else { "3s" };
+        let mut sidecars = three(&scratch, ["w1", "w2", "w3"], child, &["--grace", grace]);
+        let (first, _, at, handover) = sigterm_the_holder(&sidecars, &ledger_path);
+        assert!(!alive(first));
+        let entries = ledger(&ledger_path);
+        if !stubborn {
+            let stop = entries
+                .iter()
+                .position(|e| *e == Entry::Stop { pid: first });
+            assert!(
+                stop.is_some_and(|stop| stop < entries.len() - 1),
+                "the slow child records its stop before the next one starts: {entries:?}"
+            );
+        }
+        assert_eq!(sidecars[at].wait().code(), Some(0));
+        let log = sidecars[at].stderr();
+        assert_eq!(
+            log.contains("did not stop within the grace period: SIGKILL"),
+            stubborn,
+            "{log}"
+        );
+        eprintln!("{case} child: the next child started {handover:?} after SIGTERM; {entries:?}");
+        no_overlap(&ledger_path, &watch);
+    }
 }

@@ -142,6 +142,22 @@ impl Node {
         self.compete(resource, tickets, false).await
     }
 
+    /// As [`Node::obtain`], but this node never yields a lost ticket before the
+    /// application drops its [`Lease`]: for an application that stops its work itself
+    /// and must not see the ticket handed on while that work still runs (the
+    /// `gossip-election` sidecar, which drops the lease once its child process is gone).
+    /// The other candidates' patience is still bounded: they acquire past a holder that
+    /// keeps a lost ticket for `handoff_timeout` plus one anti-entropy period, so the
+    /// application must stop well within `handoff_timeout`.
+    ///
+    /// Errors as [`Node::obtain`].
+    ///
+    /// # Cancel safety
+    /// As [`Node::obtain`].
+    pub async fn obtain_until_dropped(&self, resource: &str, tickets: u16) -> Result<Candidacy> {
+        self.compete(resource, tickets, true).await
+    }
+
     async fn compete(
         &self,
         resource: &str,

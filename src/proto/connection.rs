@@ -53,9 +53,13 @@ impl Core {
 
     /// Replaces the seeds (the driver resolved seed names again): new ones become
     /// placeholders and, while the node is not connected, are announced to at once. Its
-    /// own address and scoped addresses are left out.
+    /// own address, scoped addresses and addresses of the other family are left out.
     pub fn set_seeds(&mut self, now: Duration, mut seeds: Vec<SocketAddr>) {
-        seeds.retain(|s| *s != self.cfg.addr && !super::timing::is_scoped(s));
+        // Only this node's address family: an IPv4 node cannot send to `[::1]`.
+        let family = self.cfg.addr.is_ipv4();
+        seeds.retain(|s| {
+            *s != self.cfg.addr && s.is_ipv4() == family && !super::timing::is_scoped(s)
+        });
         seeds.sort();
         seeds.dedup();
         if seeds == self.cfg.seeds {

@@ -13,6 +13,16 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gossip-election");
 
+/// Tests that run fleets take turns: three sidecars at a time on two cores keep their
+/// failure detection far from its limits (a stalled node could be declared down, and a
+/// false down is an overlap the available mode allows).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A port on 127.0.0.1 free for both UDP and TCP, from below Linux's ephemeral range; a
 /// port given to one test of this process is never given to another.
 pub fn free_port() -> u16 {
@@ -67,6 +77,23 @@ pub fn steady_child(ledger: &Path, lock: &Path) -> String {
         "{}trap 'echo stop $$ >> {ledger}; exit 0' TERM; sleep 1000 & wait",
         child_prelude(ledger, lock),
         ledger = ledger.display()
+    )
+}
+
+/// A child that takes a second to stop after SIGTERM, and records `stop` only then.
+pub fn slow_child(ledger: &Path, lock: &Path) -> String {
+    format!(
+        "{}trap 'sleep 1; echo stop $$ >> {ledger}; exit 0' TERM; sleep 1000 & wait",
+        child_prelude(ledger, lock),
+        ledger = ledger.display()
+    )
+}
+
+/// A child whose processes all ignore SIGTERM: only SIGKILL ends it.
+pub fn stubborn_child(ledger: &Path, lock: &Path) -> String {
+    format!(
+        "{}trap '' TERM; sleep 1000 & wait",
+        child_prelude(ledger, lock)
     )
 }
 
