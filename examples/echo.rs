@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use gossip_election::{Keyring, Node, Plaintext, Seed};
+use gossip_election::{Alone, Keyring, Node, Plaintext, Seed};
 
 #[derive(Parser, Debug)]
 #[command(about = "One worker that runs `echo` while it holds a ticket")]
@@ -45,6 +45,9 @@ struct Args {
     /// Cluster keys, one hex key (64 digits) a line: the first seals, all open.
     #[arg(long)]
     key_file: Option<std::path::PathBuf>,
+    /// Whether to run alone when nobody is reachable: `never`, or after a duration (3s).
+    #[arg(long)]
+    alone: Option<Alone>,
     /// With keys, how to treat plaintext while a fleet turns keys on: `send` (send
     /// plaintext, accept both), `accept` (send sealed, accept both), `refuse`.
     #[arg(long, default_value = "refuse")]
@@ -83,6 +86,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             PlaintextArg::Accept => Plaintext::Accept,
             PlaintextArg::Refuse => Plaintext::Refuse,
         });
+    }
+    if let Some(alone) = args.alone {
+        builder = builder.alone(alone);
     }
     if let Some(debug) = args.debug_addr {
         builder = builder.debug_addr(debug);

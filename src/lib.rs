@@ -52,8 +52,8 @@ pub use driver::Socket;
 pub use error::{Error, Result};
 pub use identity::NodeId;
 pub use proto::{
-    CommandError, LeaseId, LostReason, MemberInfo, MemberState, NodeInfo, NodeState, OwnerInfo,
-    Owners, Stats, Timing,
+    Alone, CommandError, LeaseId, LostReason, MemberInfo, MemberState, NodeInfo, NodeState,
+    OwnerInfo, Owners, Stats, Timing,
 };
 pub use seal::{Key, KeyError, Keyring, Plaintext};
 pub use seed::{Seed, SeedError};

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gossip_election::Seed;
+use gossip_election::{Alone, Seed};
 
 mod child;
 mod look;
@@ -84,6 +84,10 @@ pub struct RunArgs {
     /// How many workers may run it at once.
     #[arg(long, env = "GOSSIP_ELECTION_TICKETS", default_value_t = 1)]
     pub tickets: u16,
+    /// Whether to run alone when nobody is reachable: `never` (hold nothing until
+    /// connected; give tickets up on losing every member), or after a duration.
+    #[arg(long, env = "GOSSIP_ELECTION_ALONE", default_value = "3s")]
+    pub alone: Alone,
     /// Serve the debug endpoint (dashboard, JSON, events, metrics) here.
     #[arg(long, env = "GOSSIP_ELECTION_DEBUG_ADDR")]
     pub debug_addr: Option<SocketAddr>,

@@ -91,7 +91,8 @@ async fn start(args: &RunArgs) -> Result<Node, Exit> {
         .join(&args.join)
         .handoff_timeout(args.handoff_timeout)
         // The node's own step-down back-off is the sidecar's first one.
-        .step_down_backoff(args.backoff);
+        .step_down_backoff(args.backoff)
+        .alone(args.alone);
     if let Some(advertise) = &args.advertise {
         builder = builder.advertise(resolve_advertise(advertise, args.bind).await?);
     }

@@ -10,7 +10,7 @@ use tracing::Instrument;
 use super::{Node, NodeInner};
 use crate::driver::{Driver, Socket};
 use crate::error::{Error, Result};
-use crate::proto::{Core, CoreConfig, NodeState, Timing};
+use crate::proto::{Alone, Core, CoreConfig, NodeState, Timing};
 use crate::seal::{Keyring, Plaintext, Sealer};
 use crate::seed::{Seed, SeedNames};
 
@@ -23,6 +23,7 @@ pub struct NodeBuilder {
     join: Vec<Seed>,
     timing: Timing,
     sync_timeout: Duration,
+    alone: Option<Alone>,
     handoff_timeout: Duration,
     step_down_backoff: Duration,
     boot: Option<u64>,
@@ -41,6 +42,7 @@ impl NodeBuilder {
             join: Vec::new(),
             timing: Timing::lan(),
             sync_timeout: Duration::from_secs(3),
+            alone: None,
             handoff_timeout: Duration::from_secs(5),
             step_down_backoff: Duration::from_secs(5),
             boot: None,
@@ -125,9 +127,20 @@ impl NodeBuilder {
         self
     }
 
-    /// How long a node that reaches nobody waits before it runs alone (default 3 s).
+    /// How long a node that reaches nobody waits before it runs alone, unless
+    /// [`NodeBuilder::alone`] says otherwise; and how long a connected node waits for
+    /// records it lacks before it is ready anyway (default 3 s).
     pub fn sync_timeout(mut self, timeout: Duration) -> Self {
         self.sync_timeout = timeout;
+        self
+    }
+
+    /// Whether a node that reaches nobody runs alone (default
+    /// `Alone::After(sync_timeout)`): [`Alone::Never`] for a service that must not run
+    /// twice because of a typo in a join list. Running alone is logged at WARN; a caller
+    /// can wait for the node to connect with [`Node::wait_active`](super::Node::wait_active).
+    pub fn alone(mut self, alone: Alone) -> Self {
+        self.alone = Some(alone);
         self
     }
 
@@ -178,6 +191,7 @@ impl NodeBuilder {
         cfg.seeds = self.join.iter().filter_map(Seed::addr).collect();
         cfg.timing = self.timing.clone();
         cfg.sync_timeout = self.sync_timeout;
+        cfg.alone = self.alone.unwrap_or(Alone::After(self.sync_timeout));
         cfg.handoff_timeout = self.handoff_timeout;
         cfg.step_down_backoff = self.step_down_backoff;
         cfg.rng_seed = boot ^ crate::placement::name_hash(&self.name) ^ advertise.port() as u64;

@@ -99,6 +99,24 @@ impl Node {
         self.inner.state.clone()
     }
 
+    /// Waits until the node is [`NodeState::Active`]: connected to a fleet and synced
+    /// with it (a node running alone is not). Errors once the node has left, stopped or
+    /// been superseded.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only watches.
+    pub async fn wait_active(&self) -> Result<()> {
+        let mut state = self.inner.state.clone();
+        loop {
+            match *state.borrow_and_update() {
+                NodeState::Active => return Ok(()),
+                NodeState::Left | NodeState::Superseded => return Err(Error::Stopped),
+                _ => {}
+            }
+            state.changed().await.map_err(|_| Error::Stopped)?;
+        }
+    }
+
     fn send(&self, command: Command) -> Result<()> {
         self.inner
             .commands

@@ -27,8 +27,8 @@ pub(super) struct Connection {
 }
 
 use super::{
-    ANNOUNCE_TO_MEMBERS, Core, CoreTimer, Event, LostReason, NodeId, NodeState, REJOIN_BAR_MAX,
-    REJOIN_WINDOW,
+    ANNOUNCE_TO_MEMBERS, Alone, Core, CoreTimer, Event, LostReason, NodeId, NodeState,
+    REJOIN_BAR_MAX, REJOIN_WINDOW,
 };
 
 impl Core {
@@ -204,6 +204,10 @@ impl Core {
             self.conn.last_heard = Some(now);
         }
         self.conn.active = false;
+        if self.cfg.alone == Alone::Never {
+            // Held tickets go (see `evaluate`): this node does not run alone.
+            self.leases.evaluate_claims = true;
+        }
     }
 
     /// Synced: connected, holding a whole membership answer and the record of every live
@@ -268,13 +272,27 @@ impl Core {
     /// reach (its outgoing packets are lost) is not alone: running alone it would take
     /// tickets, rejoin at the next announce, yield, and again.
     pub(super) fn may_run_alone(&self, now: Duration) -> bool {
-        self.conn
-            .last_heard
-            .is_none_or(|t| now >= t + self.alone_quiet())
+        self.cfg.alone != Alone::Never
+            && self
+                .conn
+                .last_heard
+                .is_none_or(|t| now >= t + self.alone_quiet())
+    }
+
+    /// How long a node that never connected waits before it runs alone (with
+    /// [`Alone::Never`]: before it says that it will not).
+    pub(super) fn alone_after(&self) -> Duration {
+        match self.cfg.alone {
+            Alone::After(wait) => wait,
+            Alone::Never => self.cfg.sync_timeout,
+        }
     }
 
     /// Schedules a look at whether the node may run alone, when its quiet time ends.
     pub(super) fn check_alone_later(&mut self) {
+        if self.cfg.alone == Alone::Never {
+            return;
+        }
         if let Some(heard) = self.conn.last_heard {
             let at = heard + self.alone_quiet();
             if self.timers.alone_check_at.is_none_or(|t| t < at) {
@@ -304,6 +322,14 @@ impl Core {
             NodeState::Joining
         };
         if state != self.state {
+            // Alone because the others left is no surprise; alone because nobody answers is.
+            if state == NodeState::Alone && !self.membership.last_gone_left {
+                warn!(
+                    from = %self.state,
+                    "running alone: no member is reachable (check the join list if this node should \
+                     have found a fleet), and this node takes the tickets it ranks for on its own view"
+                );
+            }
             info!(from = %self.state, to = %state, "state changed");
             self.state = state;
             self.events.push_back(Event::StateChanged(state));

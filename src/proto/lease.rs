@@ -63,6 +63,8 @@ pub enum LostReason {
     /// The node stopped without handing over (a crash-like stop, or its protocol thread
     /// ended); reported by the API, never by the core.
     Stopped,
+    /// The node lost every member and does not run alone ([`Alone::Never`](super::Alone::Never)).
+    Isolated,
 }
 
 impl LostReason {
@@ -74,6 +76,7 @@ impl LostReason {
             LostReason::Withdrawn => "withdrawn",
             LostReason::Leaving => "leaving",
             LostReason::Stopped => "stopped",
+            LostReason::Isolated => "isolated",
         }
     }
 }
@@ -473,9 +476,17 @@ impl Core {
         }
 
         let desired = placement.desired.contains(&own);
+        let isolated = self.cfg.alone == super::Alone::Never && !self.conn.active;
         match claim.lease {
             LeaseState::Held { .. } => {
-                if !desired && !superseded && !keep_when_displaced {
+                if isolated {
+                    warn!(
+                        resource,
+                        "lost every member and does not run alone: giving the ticket up"
+                    );
+                    self.lose(now, resource, super::LostReason::Isolated);
+                    self.bump_record(now);
+                } else if !desired && !superseded && !keep_when_displaced {
                     self.lose(now, resource, super::LostReason::Displaced);
                     self.bump_record(now);
                 }

@@ -59,8 +59,8 @@ pub use events::{CommandError, Event, NodeState, OwnerInfo, Owners, Stats, Trans
 pub use inspect::{MemberInfo, MemberState, NodeInfo};
 pub use lease::{LeaseId, LostReason};
 pub use timing::{
-    ConfigError, CoreConfig, MAX_BOOT_AHEAD, MAX_INTERVAL, MIN_INTERVAL, PlantedBugs, Timing,
-    TimingError,
+    Alone, ConfigError, CoreConfig, MAX_BOOT_AHEAD, MAX_INTERVAL, MIN_INTERVAL, PlantedBugs,
+    Timing, TimingError,
 };
 pub use view::Placement;
 
@@ -219,7 +219,7 @@ impl Core {
         core.seed_placeholders(now);
         core.announce(now);
         core.schedule(now + core.cfg.timing.announce_interval, CoreTimer::Announce);
-        core.schedule(now + core.cfg.sync_timeout, CoreTimer::SyncTimeout);
+        core.schedule(now + core.alone_after(), CoreTimer::SyncTimeout);
         core.timers.repair_at = now + core.cfg.timing.repair_interval;
         core.schedule(core.timers.repair_at, CoreTimer::Repair);
         core.schedule(

@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use foca::Timer;
-use tracing::{debug, info};
+use tracing::{debug, warn};
 
 /// The pending timers.
 pub(super) struct Timers {
@@ -18,7 +18,7 @@ pub(super) struct Timers {
     pub(super) alone_check_at: Option<Duration>,
 }
 
-use super::{Core, LeaseId, NodeId};
+use super::{Alone, Core, LeaseId, NodeId};
 
 impl Core {
     pub(super) fn schedule(&mut self, at: Duration, timer: CoreTimer) {
@@ -68,12 +68,21 @@ impl Core {
                 if self.sync.ready || self.leaving {
                     return;
                 }
-                let due = self.conn.inactive_since + self.cfg.sync_timeout;
+                let wait = self.alone_after();
+                let due = self.conn.inactive_since + wait;
                 if self.conn.active {
-                    self.schedule(now + self.cfg.sync_timeout, CoreTimer::SyncTimeout);
+                    self.schedule(now + wait, CoreTimer::SyncTimeout);
                 } else if now >= due {
-                    info!(after = ?self.cfg.sync_timeout, "reached nobody: running alone");
-                    self.set_ready(now);
+                    if self.cfg.alone == Alone::Never {
+                        warn!(
+                            after = ?wait,
+                            "reached nobody; not running alone (alone: never): check the join list"
+                        );
+                    } else {
+                        // `update_state` says it at WARN.
+                        debug!(after = ?wait, "reached nobody: running alone");
+                        self.set_ready(now);
+                    }
                 } else {
                     self.schedule(due, CoreTimer::SyncTimeout);
                 }

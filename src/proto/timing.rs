@@ -201,6 +201,67 @@ pub(crate) fn max_transmissions(cluster_size: usize) -> NonZeroU8 {
 /// How far ahead of a node's wall clock (or its own boot, if that is later) a boot may be.
 pub const MAX_BOOT_AHEAD: Duration = Duration::from_secs(24 * 3600);
 
+/// When a node that reaches nobody may run alone: take, on its own view, every ticket it
+/// ranks for.
+///
+/// A node that cannot reach its fleet (a typo in the join list, a firewall) and runs
+/// alone takes every resource it competes for while the fleet runs them too. `Never`
+/// makes that impossible: such a node holds nothing and stays `joining` until it
+/// connects, and a node that loses every member gives its tickets up
+/// ([`LostReason::Isolated`](super::LostReason::Isolated)). `After(d)` (the default,
+/// with the node's `sync_timeout`) runs alone after `d` without reaching anybody, and says
+/// so at WARN.
+///
+/// Parses from `never` or a duration with its unit (`3s`, `500ms`, `2m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Alone {
+    /// Never run alone.
+    Never,
+    /// Run alone after this long without reaching anybody at start.
+    After(Duration),
+}
+
+impl Default for Alone {
+    fn default() -> Alone {
+        Alone::After(Duration::from_secs(3))
+    }
+}
+
+impl std::str::FromStr for Alone {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Alone, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("never") {
+            return Ok(Alone::Never);
+        }
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?}: write `never` or a duration such as 3s or 500ms"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            _ => return Err(format!("{text:?}: the unit is ms, s or m (e.g. 3s)")),
+        };
+        Ok(Alone::After(d))
+    }
+}
+
+impl std::fmt::Display for Alone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Alone::Never => f.write_str("never"),
+            Alone::After(d) => write!(f, "after {d:?}"),
+        }
+    }
+}
+
 /// Everything the sans-IO core needs to start.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -215,8 +276,11 @@ pub struct CoreConfig {
     pub seeds: Vec<SocketAddr>,
     /// The timing profile.
     pub timing: Timing,
-    /// How long a node that reaches nobody waits before it runs `alone`.
+    /// How long a connected node waits for the records it lacks before it is ready
+    /// anyway (the readiness escape).
     pub sync_timeout: Duration,
+    /// Whether and when a node that reaches nobody runs alone.
+    pub alone: Alone,
     /// How long a displaced holder may take to drop its lease before it is yielded anyway.
     pub handoff_timeout: Duration,
     /// How long a node that stepped down stays out of the candidates.
@@ -263,6 +327,7 @@ impl CoreConfig {
             seeds: Vec::new(),
             timing: Timing::lan(),
             sync_timeout: Duration::from_secs(3),
+            alone: Alone::default(),
             handoff_timeout: Duration::from_secs(5),
             step_down_backoff: Duration::from_secs(5),
             rng_seed: boot ^ 0x9e37_79b9_7f4a_7c15,
@@ -286,6 +351,9 @@ impl CoreConfig {
     pub fn validate_timing(&self) -> Result<(), TimingError> {
         self.timing.validate()?;
         check_duration("sync_timeout", self.sync_timeout)?;
+        if let Alone::After(wait) = self.alone {
+            check_duration("alone", wait)?;
+        }
         check_duration("handoff_timeout", self.handoff_timeout)?;
         check_duration("step_down_backoff", self.step_down_backoff)
     }

@@ -162,3 +162,83 @@ fn last_peer_leaving_gracefully_reads_as_a_leave() {
     assert!(!logs.contains("lost every member"), "{logs}");
     assert!(!logs.contains("WARN"), "{logs}");
 }
+
+/// Starts `w<i>` with `alone` as its policy.
+fn start_alone(f: &mut Fleet, i: usize, boot: u64, seeds: &[usize], alone: Alone) {
+    let mut cfg = CoreConfig::new(format!("w{i}"), addr(i), boot);
+    cfg.seeds = seeds.iter().map(|s| addr(*s)).collect();
+    cfg.rng_seed = (i as u64) << 8 | boot;
+    cfg.alone = alone;
+    let core = Core::new(cfg, f.now).unwrap();
+    f.nodes.insert(addr(i), core);
+    f.flush(addr(i));
+}
+
+#[test]
+fn a_node_that_never_runs_alone_holds_nothing_when_it_reaches_nobody() {
+    // Both were given a join list that names no live node (a typo).
+    let mut f = Fleet::new();
+    start_alone(&mut f, 0, 1000, &[7], Alone::Never);
+    start_alone(&mut f, 1, 1001, &[8], Alone::After(Duration::from_secs(3)));
+    f.obtain_all(0..2, "echo", 1);
+    f.run_for(Duration::from_secs(20));
+    assert_eq!(f.node(0).state(), NodeState::Joining);
+    assert_eq!(f.node(1).state(), NodeState::Alone);
+    assert_eq!(
+        f.holders("echo"),
+        ["w1"],
+        "only the node allowed to run alone holds"
+    );
+    // Given a seed that runs, it connects and competes as any node does.
+    let now = f.now;
+    f.node(0).set_seeds(now, vec![addr(1)]);
+    f.flush(addr(0));
+    f.run_for(Duration::from_secs(5));
+    assert_eq!(f.node(0).state(), NodeState::Active);
+    assert_eq!(f.holders("echo"), ["w0"], "echo over w0, w1 prefers w0");
+}
+
+#[test]
+fn a_holder_that_never_runs_alone_gives_its_tickets_up_when_it_loses_every_member() {
+    let mut f = Fleet::new();
+    for i in 0..2 {
+        start_alone(&mut f, i, 1000 + i as u64, &[0, 1], Alone::Never);
+    }
+    f.run_for(Duration::from_secs(2));
+    f.obtain_all(0..2, "echo", 1);
+    f.run_for(Duration::from_secs(2));
+    assert_eq!(f.holders("echo"), ["w0"]);
+    f.sides.insert(addr(1), 1);
+    f.run_for(Duration::from_secs(10));
+    assert!(f.holders("echo").is_empty(), "{:?}", f.holders("echo"));
+    assert!(f.events.iter().any(|(_, a, e)| *a == addr(0)
+        && matches!(
+            e,
+            Event::Lost {
+                reason: LostReason::Isolated,
+                ..
+            }
+        )));
+    f.sides.clear();
+    f.run_for(Duration::from_secs(10));
+    assert_eq!(f.holders("echo"), ["w0"]);
+}
+
+#[test]
+fn alone_parses_from_never_or_a_duration() {
+    assert_eq!("never".parse::<Alone>(), Ok(Alone::Never));
+    assert_eq!(
+        "3s".parse::<Alone>(),
+        Ok(Alone::After(Duration::from_secs(3)))
+    );
+    assert_eq!(
+        "500ms".parse::<Alone>(),
+        Ok(Alone::After(Duration::from_millis(500)))
+    );
+    assert_eq!(
+        "2m".parse::<Alone>(),
+        Ok(Alone::After(Duration::from_secs(120)))
+    );
+    assert!("3".parse::<Alone>().unwrap_err().contains("unit"));
+    assert!("soon".parse::<Alone>().unwrap_err().contains("never"));
+}
