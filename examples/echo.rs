@@ -77,10 +77,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.advertise(advertise);
     }
     if let Some(path) = &args.key_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|err| format!("cannot read the key file {}: {err}", path.display()))?;
-        let keys = Keyring::parse(&text)
-            .map_err(|err| format!("the key file {}: {err}", path.display()))?;
+        let keys = Keyring::load(path).map_err(|err| match std::error::Error::source(&err) {
+            Some(cause) => format!("{err}: {cause}"),
+            None => err.to_string(),
+        })?;
         builder = builder.keys(keys).plaintext(match args.plaintext {
             PlaintextArg::Send => Plaintext::SendAndAccept,
             PlaintextArg::Accept => Plaintext::Accept,

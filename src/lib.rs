@@ -55,5 +55,5 @@ pub use proto::{
     Alone, CommandError, LeaseId, LostReason, MemberInfo, MemberState, NodeInfo, NodeState,
     OwnerInfo, Owners, Stats, Timing,
 };
-pub use seal::{Key, KeyError, Keyring, Plaintext};
+pub use seal::{Key, KeyError, KeyFileError, Keyring, Plaintext};
 pub use seed::{Seed, SeedError};

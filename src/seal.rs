@@ -90,6 +90,29 @@ pub enum KeyError {
     Empty,
 }
 
+/// Why a key file gave no keyring. As with [`crate::Error`], the display text of `Read`
+/// does not repeat its I/O error: that is its `source()`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    /// The file cannot be read.
+    #[error("cannot read the key file {}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file holds something that is not a key.
+    #[error("the key file {}: {reason}", path.display())]
+    Parse {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: KeyError,
+    },
+}
+
 /// The cluster keys: the first seals what this node sends, every one opens what it
 /// receives. To rotate without downtime: add the new key (second) on every node, then
 /// make it first on every node, then remove the old one.
@@ -119,6 +142,20 @@ impl Keyring {
             return Err(KeyError::Empty);
         }
         Ok(Keyring { keys })
+    }
+
+    /// Reads and parses a key file (one hex key a line; blank lines and `#` comments
+    /// are skipped).
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Keyring, KeyFileError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Keyring::parse(&text).map_err(|reason| KeyFileError::Parse {
+            path: path.to_path_buf(),
+            reason,
+        })
     }
 
     /// Whether it holds no key.

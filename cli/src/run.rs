@@ -15,7 +15,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use gossip_election::{
-    Candidacy, CommandError, Error, Keyring, LostReason, Node, NodeState, Plaintext, Seed,
+    Candidacy, CommandError, Error, KeyFileError, Keyring, LostReason, Node, NodeState, Plaintext,
+    Seed,
 };
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::Instant;
@@ -63,8 +64,14 @@ pub async fn run(args: RunArgs) -> Exit {
     exit
 }
 
-/// What the flags cannot say on their own.
+/// What the flags cannot say on their own, checked before the node joins the fleet.
 fn check(args: &RunArgs) -> Result<(), String> {
+    if let Err(err) = gossip_election::record::validate_resource(&args.resource) {
+        return Err(format!("--resource {:?}: {err}", args.resource));
+    }
+    if args.tickets == 0 {
+        return Err("--tickets must be at least 1".to_string());
+    }
     if args.grace.saturating_add(KILL_MARGIN) > args.handoff_timeout {
         return Err(format!(
             "--grace {} must be shorter than --handoff-timeout {} by at least {}: other workers \
@@ -97,22 +104,13 @@ async fn start(args: &RunArgs) -> Result<Node, Exit> {
         builder = builder.advertise(resolve_advertise(advertise, args.bind).await?);
     }
     if let Some(path) = &args.key_file {
-        let keys = match std::fs::read_to_string(path) {
-            Ok(text) => Keyring::parse(&text).map_err(|err| {
-                eprintln!(
-                    "gossip-election run: the key file {}: {err}",
-                    path.display()
-                );
-                Exit::Usage
-            })?,
-            Err(err) => {
-                eprintln!(
-                    "gossip-election run: cannot read the key file {}: {err}",
-                    path.display()
-                );
-                return Err(Exit::StartFailed);
+        let keys = Keyring::load(path).map_err(|err| {
+            eprintln!("gossip-election run: {}", report(&err));
+            match err {
+                KeyFileError::Read { .. } => Exit::StartFailed,
+                _ => Exit::Usage,
             }
-        };
+        })?;
         builder = builder.keys(keys).plaintext(match args.plaintext {
             PlaintextArg::Send => Plaintext::SendAndAccept,
             PlaintextArg::Accept => Plaintext::Accept,

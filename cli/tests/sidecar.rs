@@ -185,6 +185,34 @@ fn a_crash_looping_child_steps_down_with_back_off_and_the_ticket_moves_to_a_heal
 }
 
 #[test]
+fn a_resource_name_or_ticket_count_the_library_refuses_is_refused_before_joining() {
+    for (resource, tickets, says) in [
+        ("", "1", "resource name must be 1..=64 bytes"),
+        ("job", "0", "--tickets must be at least 1"),
+    ] {
+        let args = [
+            "run",
+            "--name",
+            "w1",
+            "--bind",
+            "127.0.0.1:1",
+            "--join",
+            "127.0.0.1:1",
+            "--resource",
+            resource,
+            "--tickets",
+            tickets,
+            "--",
+            "true",
+        ];
+        let output = std::process::Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{resource:?} {tickets}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}
+
+#[test]
 fn a_grace_period_not_shorter_than_the_handoff_timeout_is_refused() {
     let output = std::process::Command::new(BIN)
         .args([
