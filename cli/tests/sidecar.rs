@@ -184,36 +184,9 @@ fn a_crash_looping_child_steps_down_with_back_off_and_the_ticket_moves_to_a_heal
     );
 }
 
-#[test]
-fn a_resource_name_or_ticket_count_the_library_refuses_is_refused_before_joining() {
-    for (resource, tickets, says) in [
-        ("", "1", "resource name must be 1..=64 bytes"),
-        ("job", "0", "--tickets must be at least 1"),
-    ] {
-        let args = [
-            "run",
-            "--name",
-            "w1",
-            "--bind",
-            "127.0.0.1:1",
-            "--join",
-            "127.0.0.1:1",
-            "--resource",
-            resource,
-            "--tickets",
-            tickets,
-            "--",
-            "true",
-        ];
-        let output = std::process::Command::new(BIN).args(args).output().unwrap();
-        assert_eq!(output.status.code(), Some(2), "{resource:?} {tickets}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains(says), "{stderr}");
-    }
-}
-
-#[test]
-fn a_grace_period_not_shorter_than_the_handoff_timeout_is_refused() {
+/// Runs `gossip-election run` for w1 with `flags` and `-- true`; returns its exit code and
+/// stderr.
+fn run_with(flags: &[&str]) -> (Option<i32>, String) {
     let output = std::process::Command::new(BIN)
         .args([
             "run",
@@ -223,17 +196,38 @@ fn a_grace_period_not_shorter_than_the_handoff_timeout_is_refused() {
             "127.0.0.1:1",
             "--join",
             "127.0.0.1:1",
-            "--resource",
-            "job",
-            "--grace",
-            "5s",
-            "--",
-            "true",
         ])
+        .args(flags)
+        .args(["--", "true"])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}
+
+#[test]
+fn a_resource_name_or_ticket_count_the_library_refuses_is_refused_before_joining() {
+    let long = "r".repeat(65);
+    for (flags, says) in [
+        (
+            ["--resource", long.as_str(), "--tickets", "1"],
+            "resource name must be 1..=64 bytes",
+        ),
+        (
+            ["--resource", "job", "--tickets", "0"],
+            "--tickets must be at least 1",
+        ),
+    ] {
+        let (code, stderr) = run_with(&flags);
+        assert_eq!(code, Some(2), "{flags:?}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}
+
+#[test]
+fn a_grace_period_not_shorter_than_the_handoff_timeout_is_refused() {
+    let (code, stderr) = run_with(&["--resource", "job", "--grace", "5s"]);
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("--grace 5s must be shorter than --handoff-timeout 5s"),
         "{stderr}"
