@@ -46,6 +46,8 @@ impl Socket for tokio::net::UdpSocket {
 pub(crate) struct ClaimStatus {
     /// The latest tenure and, once lost, why.
     pub lease: Option<(LeaseId, Option<LostReason>)>,
+    /// The latest tenure's fencing term.
+    pub term: u64,
     /// `(ours, effective)` while tickets disagree.
     pub mismatch: Option<(u16, u16)>,
     /// The node stopped: nothing will change any more.
@@ -348,9 +350,16 @@ impl<S: Socket> Driver<S> {
             Event::StateChanged(state) => {
                 self.state.send_replace(state);
             }
-            Event::Acquired { resource, lease } => {
+            Event::Acquired {
+                resource,
+                lease,
+                term,
+            } => {
                 if let Some(claim) = self.claims.get(&resource) {
-                    claim.status.send_modify(|s| s.lease = Some((lease, None)));
+                    claim.status.send_modify(|s| {
+                        s.lease = Some((lease, None));
+                        s.term = term;
+                    });
                 }
             }
             Event::Lost {

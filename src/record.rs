@@ -31,6 +31,10 @@ pub struct Claim {
     pub candidate: bool,
     /// Whether the node holds a ticket of it.
     pub held: bool,
+    /// The highest fencing term of the resource this node knows (0: none yet); while
+    /// it holds a ticket, at least its lease's term. An acquirer takes one above the
+    /// highest it knows, so terms travel with records.
+    pub term: u64,
 }
 
 /// The gossiped state of one node.
@@ -153,6 +157,7 @@ mod tests {
                     tickets: 1,
                     candidate: true,
                     held: false,
+                    term: 0,
                 })
                 .collect(),
         }

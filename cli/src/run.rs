@@ -1,8 +1,8 @@
 //! `gossip-election run`: a node, and a child process that runs while the node holds a
 //! ticket.
 //!
-//! - acquired: the child starts (`GOSSIP_ELECTION_RESOURCE`, `..._NODE`, `..._LEASE` in
-//!   its environment);
+//! - acquired: the child starts (`GOSSIP_ELECTION_RESOURCE`, `..._NODE`, `..._LEASE`,
+//!   `..._TERM` in its environment);
 //! - lost: SIGTERM to the child's group, SIGKILL after `--grace`, then the lease is
 //!   dropped: the node does not yield the ticket while the child's processes live (and
 //!   the other workers wait the handoff timeout, longer than `--grace`);
@@ -252,6 +252,7 @@ impl Sidecar<'_> {
             ("GOSSIP_ELECTION_RESOURCE", args.resource.clone()),
             ("GOSSIP_ELECTION_NODE", args.name.clone()),
             ("GOSSIP_ELECTION_LEASE", lease.id().get().to_string()),
+            ("GOSSIP_ELECTION_TERM", lease.term().to_string()),
         ];
         let mut child = match Child::spawn(&args.command, &env) {
             Ok(child) => child,

@@ -255,12 +255,13 @@ fn flags_read_their_environment_variables_and_none_reaches_the_child() {
         .unwrap();
     // Alone, it runs the job after the sync timeout (3 s).
     wait_for("the child's environment", || {
-        std::fs::read_to_string(&out).is_ok_and(|t| t.lines().count() == 3)
+        std::fs::read_to_string(&out).is_ok_and(|t| t.lines().count() == 4)
     });
     let env = std::fs::read_to_string(&out).unwrap();
     assert_eq!(
         env,
-        "GOSSIP_ELECTION_LEASE=1\nGOSSIP_ELECTION_NODE=solo\nGOSSIP_ELECTION_RESOURCE=job\n"
+        "GOSSIP_ELECTION_LEASE=1\nGOSSIP_ELECTION_NODE=solo\nGOSSIP_ELECTION_RESOURCE=job\n\
+         GOSSIP_ELECTION_TERM=1\n"
     );
     signal_pid(sidecar.id(), Signal::TERM);
     let deadline = Instant::now() + PATIENCE;

@@ -3,8 +3,10 @@
 const node = process.env.GOSSIP_ELECTION_NODE;
 const resource = process.env.GOSSIP_ELECTION_RESOURCE;
 const lease = process.env.GOSSIP_ELECTION_LEASE;
+// Write the term with every side effect; the store refuses a lower one than it has seen.
+const term = process.env.GOSSIP_ELECTION_TERM;
 
-console.log(`${node} runs ${resource} (lease ${lease}), pid ${process.pid}`);
+console.log(`${node} runs ${resource} (lease ${lease}, term ${term}), pid ${process.pid}`);
 const work = setInterval(() => console.log(`${node}: ${resource} tick`), 2000);
 
 process.on("SIGTERM", () => {

@@ -50,6 +50,7 @@ impl Candidacy {
                             tenure: Tenure {
                                 resource: self.resource.clone(),
                                 id: lease,
+                                term: status.term,
                                 status: self.status.clone(),
                             },
                             commands: self.commands.clone(),
@@ -123,6 +124,7 @@ impl Drop for Candidacy {
 pub struct Tenure {
     resource: String,
     id: LeaseId,
+    term: u64,
     status: watch::Receiver<ClaimStatus>,
 }
 
@@ -135,6 +137,19 @@ impl Tenure {
     /// This tenure's id (rises with every acquisition on this node).
     pub fn id(&self) -> LeaseId {
         self.id
+    }
+
+    /// This tenure's fencing term for the resource: one above every term of it this node
+    /// knew of when it acquired (terms travel in the gossiped records). Write it with
+    /// each side effect and let the store refuse one lower than the highest it has seen:
+    /// a holder that was displaced while it still runs is then refused. In the default
+    /// (available) mode terms rise from holder to holder whenever the new holder had
+    /// heard, directly or through any member's record, of the previous holder's term:
+    /// always for a handover, and for a failover once the crashed holder's record had
+    /// spread. Two sides of a partition, and nodes acquiring concurrently (at start-up,
+    /// or several tickets), can hold the same term.
+    pub fn term(&self) -> u64 {
+        self.term
     }
 
     /// Whether the tenure must end (the application must stop).
@@ -188,6 +203,11 @@ impl Lease {
     /// This tenure's id (rises with every acquisition on this node).
     pub fn id(&self) -> LeaseId {
         self.tenure.id()
+    }
+
+    /// This tenure's fencing term (see [`Tenure::term`]).
+    pub fn term(&self) -> u64 {
+        self.tenure.term()
     }
 
     /// Whether the lease was lost (the application must stop).

@@ -79,6 +79,9 @@ pub enum Event {
         resource: String,
         /// Identifies this tenure; quote it in [`Core::lease_dropped`](super::Core::lease_dropped).
         lease: LeaseId,
+        /// The tenure's fencing term: one above every term of the resource this node
+        /// knew of when it acquired.
+        term: u64,
     },
     /// This node must stop running `resource`; it yields when the lease is dropped.
     Lost {

@@ -92,8 +92,12 @@ impl std::fmt::Display for LostReason {
 pub(crate) enum LeaseState {
     /// Not holding.
     Idle,
-    /// Holding since `since`.
-    Held { lease: LeaseId, since: Duration },
+    /// Holding since `since`, with fencing term `term`.
+    Held {
+        lease: LeaseId,
+        since: Duration,
+        term: u64,
+    },
     /// Told to stop; still a holder until the lease is dropped or the deadline passes.
     Lost { lease: LeaseId },
 }
@@ -119,6 +123,9 @@ pub(crate) struct OwnClaim {
     /// The lease is dropped only once a job this crate runs has ended: no forced yield
     /// (see [`Core::keep_until_dropped`]).
     pub keep_until_dropped: bool,
+    /// The highest fencing term of the resource this node knows: from its own leases and
+    /// from every record it has seen; published in its record.
+    pub known_term: u64,
 }
 
 impl OwnClaim {
@@ -180,6 +187,10 @@ impl Core {
             mismatch: None,
             escape_at: None,
             keep_until_dropped: false,
+            known_term: previous
+                .as_ref()
+                .map_or(0, |c| c.known_term)
+                .max(self.view.max_term(resource)),
         };
         self.leases.claims.insert(resource.to_string(), claim);
         let size = self.build_record(u64::MAX).encode().len();
@@ -367,7 +378,7 @@ impl Core {
         let Some(claim) = self.leases.claims.get_mut(resource) else {
             return;
         };
-        let LeaseState::Held { lease, since } = claim.lease else {
+        let LeaseState::Held { lease, since, .. } = claim.lease else {
             return;
         };
         claim.lease = LeaseState::Lost { lease };
@@ -475,6 +486,8 @@ impl Core {
             });
         }
 
+        // Terms travel in records: remember the highest seen, to publish and to exceed.
+        claim.known_term = claim.known_term.max(self.view.max_term(resource));
         let desired = placement.desired.contains(&own);
         let isolated = self.cfg.alone == super::Alone::Never && !self.conn.active;
         match claim.lease {
@@ -591,10 +604,19 @@ impl Core {
     fn acquire(&mut self, now: Duration, resource: &str, reason: &str) {
         let lease = self.leases.next_lease;
         self.leases.next_lease = lease.next();
+        let seen = self.view.max_term(resource);
         let Some(claim) = self.leases.claims.get_mut(resource) else {
             return;
         };
-        claim.lease = LeaseState::Held { lease, since: now };
+        // One above every term this node knows of: a successor that saw its
+        // predecessor's term (or a record naming it) fences it off.
+        let term = claim.known_term.max(seen) + 1;
+        claim.known_term = term;
+        claim.lease = LeaseState::Held {
+            lease,
+            since: now,
+            term,
+        };
         claim.blocked_since.clear();
         claim.missing_blocked_since = None;
         claim.escape_at = None;
@@ -613,10 +635,11 @@ impl Core {
             .lost_since
             .retain(|addr, _| self.view.members.contains_key(addr));
         self.stats.acquisitions += 1;
-        info!(resource, lease = lease.get(), reason, "acquired");
+        info!(resource, lease = lease.get(), term, reason, "acquired");
         self.events.push_back(Event::Acquired {
             resource: resource.to_string(),
             lease,
+            term,
         });
         self.bump_record(now);
         self.after_record_change();

@@ -89,6 +89,7 @@ impl Core {
                         && self.state != NodeState::Superseded
                         && (self.conn.rejoin_bar_until.is_none() || c.held()),
                     held: c.held(),
+                    term: c.known_term,
                 })
                 .collect(),
         }

@@ -31,6 +31,7 @@ struct IndexedClaim {
     tickets: u16,
     candidate: bool,
     held: bool,
+    term: u64,
 }
 
 /// What was indexed for one address, to undo it.
@@ -70,6 +71,9 @@ pub(crate) struct ResourceIndex {
     holders: BTreeSet<SocketAddr>,
     /// How many valid records claim the resource at all (ready or not, competing or not).
     interested: usize,
+    /// The fencing terms the records name, each with how many name it (the highest is
+    /// the last key).
+    terms: BTreeMap<u64, usize>,
 }
 
 /// The computed placement of one resource in this node's view.
@@ -292,19 +296,22 @@ impl View {
                     if let Some(pos) = before.iter().position(|o| *o.resource == *claim.resource) {
                         let o = before.swap_remove(pos);
                         if o.tickets == claim.tickets && o.candidate == candidate {
-                            // Only whether it is held can differ.
-                            if o.held != claim.held {
+                            // Only whether it is held, and the term, can differ.
+                            if o.held != claim.held || o.term != claim.term {
                                 if let Some(ri) = self.resources.get_mut(&o.resource) {
                                     if claim.held {
                                         ri.holders.insert(addr);
                                     } else {
                                         ri.holders.remove(&addr);
                                     }
+                                    forget_term(&mut ri.terms, o.term);
+                                    *ri.terms.entry(claim.term).or_default() += 1;
                                 }
                                 touched.push(o.resource.to_string());
                             }
                             old.claims.push(IndexedClaim {
                                 held: claim.held,
+                                term: claim.term,
                                 ..o
                             });
                             continue;
@@ -416,6 +423,7 @@ impl View {
         if claim.held {
             ri.holders.remove(&addr);
         }
+        forget_term(&mut ri.terms, claim.term);
         ri.interested -= 1;
         if ri.interested == 0 {
             self.resources.remove(&claim.resource);
@@ -445,6 +453,7 @@ impl View {
         if claim.held {
             ri.holders.insert(addr);
         }
+        *ri.terms.entry(claim.term).or_default() += 1;
         ri.interested += 1;
         IndexedClaim {
             resource,
@@ -452,6 +461,7 @@ impl View {
             tickets: claim.tickets,
             candidate,
             held: claim.held,
+            term: claim.term,
         }
     }
 
@@ -538,6 +548,14 @@ impl View {
             .unwrap_or_default()
     }
 
+    /// The highest fencing term any record in this view names for `resource` (0: none).
+    pub fn max_term(&self, resource: &str) -> u64 {
+        self.resources
+            .get(resource)
+            .and_then(|ri| ri.terms.keys().next_back().copied())
+            .unwrap_or(0)
+    }
+
     /// Live members whose records claim `resource` at all (ready or not), in address
     /// order. A scan of every valid record: asked only when this node acquires.
     pub fn interested(&self, resource: &str) -> Vec<SocketAddr> {
@@ -567,5 +585,15 @@ impl View {
             .flat_map(|b| &self.by_bucket[b])
             .filter_map(|a| store.records.get(a).map(|r| (*a, r.boot, r.version)))
             .collect()
+    }
+}
+
+/// Removes one mention of `term` from a multiset of terms.
+fn forget_term(terms: &mut BTreeMap<u64, usize>, term: u64) {
+    if let Some(n) = terms.get_mut(&term) {
+        *n -= 1;
+        if *n == 0 {
+            terms.remove(&term);
+        }
     }
 }

@@ -473,3 +473,41 @@ fn lease_kept_until_dropped_is_not_forced_out_after_handoff_timeout() {
     f.run_for(Duration::from_secs(2));
     assert_eq!(f.holders("echo"), ["w0"]);
 }
+
+/// Every acquisition's fencing term, in order.
+fn acquired_terms(f: &Fleet) -> Vec<(String, u64)> {
+    f.events
+        .iter()
+        .filter_map(|(_, a, e)| match e {
+            Event::Acquired { term, .. } => Some((format!("w{}", a.port() - 7000), *term)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn fencing_terms_rise_from_holder_to_holder() {
+    let mut f = competing_fleet(3);
+    // At start-up each node acquired before it heard of the others (all with term 1);
+    // w0, ranked first, kept it.
+    assert_eq!(f.holders("echo"), ["w0"]);
+    let settled = acquired_terms(&f).len();
+    // A failover: w2 had w0's record, term 1, before w0 crashed.
+    f.crash(0);
+    f.run_for(Duration::from_secs(5));
+    // A take-back by a new process, which knows nothing but what the records say.
+    f.start(0, 5000, &[0, 1, 2]);
+    f.obtain_all(0..1, "echo", 1);
+    f.run_for(Duration::from_secs(5));
+    // A handover: w0 withdraws, w2 takes over.
+    let now = f.now;
+    f.node(0).withdraw(now, "echo");
+    f.flush(addr(0));
+    f.run_for(Duration::from_secs(2));
+    assert_eq!(
+        acquired_terms(&f)[settled..],
+        [("w2".into(), 2), ("w0".into(), 3), ("w2".into(), 4)]
+    );
+    // Every record names the highest term it knows: a newcomer starts above it.
+    assert_eq!(f.node(1).view.max_term("echo"), 4);
+}
