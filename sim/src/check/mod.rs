@@ -157,9 +157,11 @@ pub struct Checks {
     /// The workload withdraws and obtains resources: acquisitions follow it, not faults.
     workload_churn: bool,
     ongoing: bool,
-    /// Acquisitions per node and resource during one-way cuts, within the last
-    /// [`CUT_WINDOW`].
+    /// Acquisitions per node and resource during one-node one-way cuts, within the last
+    /// [`CUT_WINDOW`] of the cut in effect.
     cut_acquisitions: BTreeMap<(u32, usize), std::collections::VecDeque<u64>>,
+    /// The cut `cut_acquisitions` counts for.
+    cut_counted: Option<crate::net::Partition>,
     /// The most acquisitions of one resource by one node within [`CUT_WINDOW`] of a
     /// one-way cut.
     pub cut_acquisitions_max: u64,
@@ -215,6 +217,7 @@ impl Checks {
             workload_churn: plan.kinds.contains(&"churn"),
             ongoing: false,
             cut_acquisitions: BTreeMap::new(),
+            cut_counted: None,
             cut_acquisitions_max: 0,
             retired: std::collections::VecDeque::new(),
             retired_total: 0,

@@ -96,8 +96,23 @@ impl Checks {
                 ),
             );
         }
-        if matches!(fleet.partition, Partition::OneWay { .. }) && !self.workload_churn {
+        // The cut the rejoin bar exists for: one node whose packets do not get out. A
+        // silenced group of several nodes stays connected within itself and elects for
+        // itself, as available mode does; its members take and give back tickets as
+        // members of the other side are declared down and rejoin.
+        let one_node_cut = match fleet.partition {
+            Partition::OneWay { group, from, .. } => {
+                group.iter().filter(|g| **g == *from).count() == 1
+            }
+            _ => false,
+        };
+        if one_node_cut && !self.workload_churn {
             self.checks += 1;
+            // Counted per cut: a heal (or another cut) starts over.
+            if self.cut_counted.as_ref() != Some(fleet.partition) {
+                self.cut_counted = Some(fleet.partition.clone());
+                self.cut_acquisitions.clear();
+            }
             let window = self.cut_acquisitions.entry((i, r)).or_default();
             window.push_back(now);
             while window.front().is_some_and(|t| *t + CUT_WINDOW <= now) {
