@@ -162,6 +162,7 @@ fn owners_table(owners: &[OwnersView]) -> Vec<Vec<String>> {
     let mut rows = vec![header(&[
         "RESOURCE",
         "TICKETS",
+        "TERM",
         "OWNERS",
         "DESIRED",
         "CANDIDATES",
@@ -171,6 +172,7 @@ fn owners_table(owners: &[OwnersView]) -> Vec<Vec<String>> {
         rows.push(vec![
             o.resource.clone(),
             o.tickets.to_string(),
+            o.term.to_string(),
             list(&o.owners),
             list(&o.desired),
             list(&o.candidates),

@@ -82,6 +82,9 @@ pub struct OwnersView {
     pub resource: String,
     /// The effective tickets.
     pub tickets: u16,
+    /// The highest fencing term of the resource this node knows (0: none yet).
+    #[serde(default)]
+    pub term: u64,
     /// Nodes whose records say they hold it, in rank order.
     pub owners: Vec<String>,
     /// The top-`tickets` candidates: owners converge to these. Owners ≠ desired means a
@@ -169,6 +172,7 @@ pub(crate) fn snapshot(core: &Core, now: Duration) -> Snapshot {
             let since = core.held_since(&resource);
             OwnersView {
                 tickets: owners.tickets,
+                term: core.term(&resource),
                 owners: names(owners.holders),
                 desired: names(owners.desired),
                 candidates: names(core.candidates(&resource)),

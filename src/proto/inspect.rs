@@ -139,6 +139,13 @@ impl Core {
             })
     }
 
+    /// The highest fencing term of `resource` this node knows: from the records in its
+    /// view and its own leases (0: none).
+    pub fn term(&self, resource: &str) -> u64 {
+        let own = self.leases.claims.get(resource).map_or(0, |c| c.known_term);
+        own.max(self.view.max_term(resource))
+    }
+
     /// How many live members (alive or suspect) this node sees, itself excluded.
     pub fn live_members(&self) -> usize {
         self.view.members.len()
