@@ -186,5 +186,18 @@ impl From<Exit> for std::process::ExitCode {
     }
 }
 
+/// A current-thread tokio runtime: the sidecar's (the child's parent-death signal
+/// follows the thread that spawned it, and this one lives as long as the process) and
+/// the shim's. Says why on stderr if it cannot be built.
+pub fn one_thread_runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| {
+            eprintln!("gossip-election: cannot start the runtime: {err}");
+            Exit::Internal
+        })
+}
+
 /// The environment variables the sidecar reads: none of them reaches the child.
 pub const ENV_PREFIX: &str = "GOSSIP_ELECTION_";

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use gossip_election_cli::{Cli, Command, Exit, Look, LookArgs, RunArgs};
+use gossip_election_cli::{Cli, Command, Look, LookArgs, RunArgs};
 
 enum Task {
     Run(Box<RunArgs>),
@@ -28,15 +28,9 @@ fn main() -> ExitCode {
         .init();
     // One thread: the child's parent-death signal follows the thread that spawned it,
     // and this one lives as long as the process.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match gossip_election_cli::one_thread_runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("gossip-election: cannot start the runtime: {err}");
-            return Exit::Internal.into();
-        }
+        Err(exit) => return exit.into(),
     };
     let exit = runtime.block_on(async move {
         match task {

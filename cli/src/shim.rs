@@ -26,15 +26,9 @@ pub fn exec_child(args: ExecChildArgs) -> ExitCode {
         eprintln!("gossip-election: cannot set the parent-death signal: {err}");
         return Exit::Internal.into();
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::one_thread_runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("gossip-election: cannot start the runtime: {err}");
-            return Exit::Internal.into();
-        }
+        Err(exit) => return exit.into(),
     };
     runtime.block_on(async move {
         let mut term = match signal(SignalKind::terminate()) {

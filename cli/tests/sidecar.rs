@@ -40,6 +40,19 @@ fn sigterm_the_holder(
     (first, holder, at, signalled.elapsed())
 }
 
+/// Three sidecars running well-behaved children, the ledger's path, and its watcher.
+fn steady_three(scratch: &Scratch) -> (std::path::PathBuf, Watch, Vec<Sidecar>) {
+    let (ledger_path, lock) = (scratch.path("ledger"), scratch.path("lock"));
+    let watch = Watch::new(&ledger_path);
+    let sidecars = three(
+        scratch,
+        ["w1", "w2", "w3"],
+        |_| steady_child(&ledger_path, &lock),
+        &[],
+    );
+    (ledger_path, watch, sidecars)
+}
+
 fn no_overlap(ledger_path: &std::path::Path, watch: &Watch) {
     let overlaps: Vec<_> = ledger(ledger_path)
         .into_iter()
@@ -53,14 +66,7 @@ fn no_overlap(ledger_path: &std::path::Path, watch: &Watch) {
 fn kill_9_of_the_holding_sidecar_takes_its_child_and_the_ticket_moves() {
     let _serial = serial();
     let scratch = Scratch::new("kill9");
-    let (ledger_path, lock) = (scratch.path("ledger"), scratch.path("lock"));
-    let watch = Watch::new(&ledger_path);
-    let mut sidecars = three(
-        &scratch,
-        ["w1", "w2", "w3"],
-        |_| steady_child(&ledger_path, &lock),
-        &[],
-    );
+    let (ledger_path, watch, mut sidecars) = steady_three(&scratch);
     let (first, holder) = the_live_child(&ledger_path);
     let at = sidecars.iter().position(|s| s.name == holder).unwrap();
     let killed = Instant::now();
@@ -91,14 +97,7 @@ fn kill_9_of_the_holding_sidecar_takes_its_child_and_the_ticket_moves() {
 fn sigterm_to_the_holder_stops_its_child_before_the_successor_starts() {
     let _serial = serial();
     let scratch = Scratch::new("sigterm");
-    let (ledger_path, lock) = (scratch.path("ledger"), scratch.path("lock"));
-    let watch = Watch::new(&ledger_path);
-    let mut sidecars = three(
-        &scratch,
-        ["w1", "w2", "w3"],
-        |_| steady_child(&ledger_path, &lock),
-        &[],
-    );
+    let (ledger_path, watch, mut sidecars) = steady_three(&scratch);
     let (first, holder, at, handover) = sigterm_the_holder(&sidecars, &ledger_path);
     let (second, successor) = the_live_child(&ledger_path);
     assert_eq!(
@@ -283,13 +282,7 @@ fn look(args: &[&str]) -> std::process::Output {
 fn members_owners_and_events_print_what_a_node_sees() {
     let _serial = serial();
     let scratch = Scratch::new("look");
-    let (ledger_path, lock) = (scratch.path("ledger"), scratch.path("lock"));
-    let sidecars = three(
-        &scratch,
-        ["w1", "w2", "w3"],
-        |_| steady_child(&ledger_path, &lock),
-        &[],
-    );
+    let (ledger_path, _watch, sidecars) = steady_three(&scratch);
     let (_, holder) = the_live_child(&ledger_path);
     let addr = sidecars[0].debug_addr.to_string();
     // Every node's view agrees once the holder's record has spread.
