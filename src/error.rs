@@ -65,6 +65,9 @@ pub enum Error {
     /// The node refused a command (bad resource name, zero tickets, a second obtain...).
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// Quorum mode with a fleet of zero members.
+    #[error("quorum mode needs the fleet's size: members must be at least 1")]
+    QuorumMembers,
     /// The node has stopped (left, crashed, or its protocol thread ended).
     #[error("the node has stopped")]
     Stopped,
@@ -85,6 +88,7 @@ impl From<crate::proto::ConfigError> for Error {
             crate::proto::ConfigError::Name(err) => Error::InvalidName(err),
             crate::proto::ConfigError::Timing(err) => Error::InvalidTiming(err),
             crate::proto::ConfigError::ScopedAddress(addr) => Error::ScopedAddress(addr),
+            crate::proto::ConfigError::QuorumMembers => Error::QuorumMembers,
         }
     }
 }

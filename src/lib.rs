@@ -53,7 +53,7 @@ pub use error::{Error, Result};
 pub use identity::NodeId;
 pub use proto::{
     Alone, CommandError, LeaseId, LostReason, MemberInfo, MemberState, NodeInfo, NodeState,
-    OwnerInfo, Owners, Stats, Timing,
+    OwnerInfo, Owners, QuorumMargins, Safety, Stats, Timing,
 };
 pub use seal::{Key, KeyError, KeyFileError, Keyring, Plaintext};
 pub use seed::{Seed, SeedError};

@@ -86,6 +86,45 @@ pub enum Message {
     /// The sender is leaving the fleet gracefully (foca's leave follows): when it goes, it
     /// left; it did not fail.
     Leaving,
+    /// Quorum mode: "promise me ticket slot `slot` of `resource`", a first request or a
+    /// renewal, from the sender's process `boot`, for a tenure with fencing term `term`.
+    Promise {
+        /// The resource.
+        resource: String,
+        /// The ticket slot, below the resource's tickets.
+        slot: u16,
+        /// Names the round, so that answers to an older round are not counted.
+        round: u64,
+        /// The term of the tenure asked for (or held).
+        term: u64,
+        /// The asking process's boot.
+        boot: u64,
+    },
+    /// Quorum mode: the answer to a [`Message::Promise`].
+    Promised {
+        /// The resource.
+        resource: String,
+        /// The ticket slot.
+        slot: u16,
+        /// The round answered.
+        round: u64,
+        /// Whether the promise was made (or renewed).
+        granted: bool,
+        /// The highest term of the resource the answering node knows.
+        term: u64,
+        /// The answering node's name: a majority counts names.
+        name: String,
+    },
+    /// Quorum mode: the sender's process `boot` gave slot `slot` of `resource` up (its
+    /// application dropped the lease): promises to it end now.
+    Unpromise {
+        /// The resource.
+        resource: String,
+        /// The ticket slot.
+        slot: u16,
+        /// The process that gave it up.
+        boot: u64,
+    },
 }
 
 /// A decoded datagram.

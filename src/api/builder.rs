@@ -10,7 +10,7 @@ use tracing::Instrument;
 use super::{Node, NodeInner};
 use crate::driver::{Driver, Socket};
 use crate::error::{Error, Result};
-use crate::proto::{Alone, Core, CoreConfig, NodeState, Timing};
+use crate::proto::{Alone, Core, CoreConfig, NodeState, Safety, Timing};
 use crate::seal::{Keyring, Plaintext, Sealer};
 use crate::seed::{Seed, SeedNames};
 
@@ -24,6 +24,7 @@ pub struct NodeBuilder {
     timing: Timing,
     sync_timeout: Duration,
     alone: Option<Alone>,
+    safety: Safety,
     handoff_timeout: Duration,
     step_down_backoff: Duration,
     boot: Option<u64>,
@@ -43,6 +44,7 @@ impl NodeBuilder {
             timing: Timing::lan(),
             sync_timeout: Duration::from_secs(3),
             alone: None,
+            safety: Safety::Available,
             handoff_timeout: Duration::from_secs(5),
             step_down_backoff: Duration::from_secs(5),
             boot: None,
@@ -144,6 +146,17 @@ impl NodeBuilder {
         self
     }
 
+    /// What a partition may cost (default [`Safety::Available`]).
+    /// `Safety::Quorum { members: M }` holds a ticket only on promises from a majority
+    /// of M nodes, so a job never runs on both sides of a partition; the application must
+    /// then stop within `handoff_timeout` of being told its lease is lost, and a crash
+    /// fails over once the crashed holder's promises have run out (see
+    /// [`CoreConfig::quorum_margins`](crate::proto::CoreConfig::quorum_margins)).
+    pub fn safety(mut self, safety: Safety) -> Self {
+        self.safety = safety;
+        self
+    }
+
     /// How long a holder that lost a lease may take to drop it before it is yielded
     /// anyway (default 5 s).
     pub fn handoff_timeout(mut self, timeout: Duration) -> Self {
@@ -192,6 +205,7 @@ impl NodeBuilder {
         cfg.timing = self.timing.clone();
         cfg.sync_timeout = self.sync_timeout;
         cfg.alone = self.alone.unwrap_or(Alone::After(self.sync_timeout));
+        cfg.safety = self.safety;
         cfg.handoff_timeout = self.handoff_timeout;
         cfg.step_down_backoff = self.step_down_backoff;
         cfg.rng_seed = boot ^ crate::placement::name_hash(&self.name) ^ advertise.port() as u64;

@@ -313,6 +313,8 @@ impl Core {
             NodeState::Leaving
         } else if !self.sync.ready {
             NodeState::Joining
+        } else if !self.quorum_seen() {
+            NodeState::NoQuorum
         } else if self.conn.active {
             NodeState::Active
         } else if self.may_run_alone(now) {

@@ -22,6 +22,9 @@ pub enum NodeState {
     Left,
     /// A newer process with the same name runs: this one holds nothing and competes no more.
     Superseded,
+    /// Quorum mode: synced, but it sees no strict majority of the fleet's members live (or
+    /// more members than the fleet's size): it holds nothing until it does.
+    NoQuorum,
 }
 
 impl NodeState {
@@ -34,6 +37,7 @@ impl NodeState {
             NodeState::Leaving => "leaving",
             NodeState::Left => "left",
             NodeState::Superseded => "superseded",
+            NodeState::NoQuorum => "no-quorum",
         }
     }
 }
@@ -227,6 +231,8 @@ pub struct Stats {
     pub suspicions_raised: u64,
     /// Suspected members seen alive again (with `report_suspicions`).
     pub suspicions_refuted: u64,
+    /// Quorum mode: tickets given up because no majority renewed its promises in time.
+    pub fences: u64,
     /// The last failover this node took part in: from when it first saw the previous
     /// holder suspected (or down) until it acquired.
     pub last_failover: Option<Duration>,

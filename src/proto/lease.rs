@@ -65,6 +65,10 @@ pub enum LostReason {
     Stopped,
     /// The node lost every member and does not run alone ([`Alone::Never`](super::Alone::Never)).
     Isolated,
+    /// Quorum mode: no majority of the fleet renewed its promises in time (a partition,
+    /// loss, or a pause), or it sees no majority live: it gives the ticket up before the
+    /// majority side may take it.
+    NoQuorum,
 }
 
 impl LostReason {
@@ -77,6 +81,7 @@ impl LostReason {
             LostReason::Leaving => "leaving",
             LostReason::Stopped => "stopped",
             LostReason::Isolated => "isolated",
+            LostReason::NoQuorum => "no-quorum",
         }
     }
 }
@@ -126,6 +131,8 @@ pub(crate) struct OwnClaim {
     /// The highest fencing term of the resource this node knows: from its own leases and
     /// from every record it has seen; published in its record.
     pub known_term: u64,
+    /// Quorum mode: rounds, the slot held, the fencing deadline.
+    pub quorum: super::quorum::QuorumClaim,
 }
 
 impl OwnClaim {
@@ -187,6 +194,10 @@ impl Core {
             mismatch: None,
             escape_at: None,
             keep_until_dropped: false,
+            quorum: previous
+                .as_ref()
+                .map(|c| c.quorum.clone())
+                .unwrap_or_default(),
             known_term: previous
                 .as_ref()
                 .map_or(0, |c| c.known_term)
@@ -374,7 +385,7 @@ impl Core {
         }
     }
 
-    fn lose(&mut self, now: Duration, resource: &str, reason: super::LostReason) {
+    pub(super) fn lose(&mut self, now: Duration, resource: &str, reason: super::LostReason) {
         let Some(claim) = self.leases.claims.get_mut(resource) else {
             return;
         };
@@ -407,6 +418,16 @@ impl Core {
             LeaseState::Held { lease, .. } | LeaseState::Lost { lease } => lease,
         };
         claim.lease = LeaseState::Idle;
+        let slot = claim.quorum.slot;
+        claim.quorum.fence_at = None;
+        // Quorum mode: the application dropped the lease, so the promises may end now. A
+        // forced yield lets them run out instead: the application may still be stopping.
+        if !forced {
+            self.unpromise(now, resource, slot);
+        }
+        let Some(claim) = self.leases.claims.get_mut(resource) else {
+            return;
+        };
         if claim.withdrawn && claim.backoff_until.is_none() && !self.leaving {
             self.leases.claims.remove(resource);
         }
@@ -490,6 +511,11 @@ impl Core {
         claim.known_term = claim.known_term.max(self.view.max_term(resource));
         let desired = placement.desired.contains(&own);
         let isolated = self.cfg.alone == super::Alone::Never && !self.conn.active;
+        let quorum = self.cfg.safety.quorum().is_some();
+        let no_quorum = quorum && !self.quorum_seen();
+        let Some(claim) = self.leases.claims.get_mut(resource) else {
+            return;
+        };
         match claim.lease {
             LeaseState::Held { .. } => {
                 if isolated {
@@ -498,6 +524,13 @@ impl Core {
                         "lost every member and does not run alone: giving the ticket up"
                     );
                     self.lose(now, resource, super::LostReason::Isolated);
+                    self.bump_record(now);
+                } else if no_quorum && !self.bug(|b| b.no_self_fencing) {
+                    warn!(
+                        resource,
+                        "no majority of the fleet is live here: giving the ticket up"
+                    );
+                    self.lose(now, resource, super::LostReason::NoQuorum);
                     self.bump_record(now);
                 } else if !desired && !superseded && !keep_when_displaced {
                     self.lose(now, resource, super::LostReason::Displaced);
@@ -517,6 +550,14 @@ impl Core {
                     claim.missing_blocked_since = None;
                     if alone_barred {
                         self.check_alone_later();
+                    }
+                    return;
+                }
+                // Quorum mode: the promises of a majority decide, not the records: no
+                // hold-off, no blockers, no escape.
+                if quorum {
+                    if !no_quorum {
+                        self.want_promises(now, resource);
                     }
                     return;
                 }
@@ -596,12 +637,20 @@ impl Core {
                 } else {
                     "desired, running alone"
                 };
-                self.acquire(now, resource, reason);
+                self.acquire(now, resource, reason, None);
             }
         }
     }
 
-    fn acquire(&mut self, now: Duration, resource: &str, reason: &str) {
+    /// Acquires `resource`: with the fencing term `term` (quorum mode, where the
+    /// acceptors checked it), or one above every term this node knows.
+    pub(super) fn acquire(
+        &mut self,
+        now: Duration,
+        resource: &str,
+        reason: &str,
+        term: Option<u64>,
+    ) {
         let lease = self.leases.next_lease;
         self.leases.next_lease = lease.next();
         let seen = self.view.max_term(resource);
@@ -610,7 +659,7 @@ impl Core {
         };
         // One above every term this node knows of: a successor that saw its
         // predecessor's term (or a record naming it) fences it off.
-        let term = claim.known_term.max(seen) + 1;
+        let term = term.unwrap_or(claim.known_term.max(seen) + 1);
         claim.known_term = term;
         claim.lease = LeaseState::Held {
             lease,

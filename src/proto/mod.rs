@@ -27,6 +27,7 @@
 //! | `repair` | pulling missing records, digests, membership answers |
 //! | `publish` | this node's own record |
 //! | `lease` | the resources it competes for: claims, acquisitions, yields, leave |
+//! | `quorum` | quorum mode: promises asked for, made, renewed and released; self-fencing |
 //! | `timers` | the timer queue and what each timer does |
 //! | `inspect` | the read-only accessors |
 //! | `events`, `timing`, `identity` | the public types: events, configuration, identities |
@@ -37,6 +38,7 @@ mod inspect;
 mod lease;
 mod membership;
 mod publish;
+mod quorum;
 mod repair;
 mod store;
 mod timers;
@@ -59,8 +61,8 @@ pub use events::{CommandError, Event, NodeState, OwnerInfo, Owners, Stats, Trans
 pub use inspect::{MemberInfo, MemberState, NodeInfo};
 pub use lease::{LeaseId, LostReason};
 pub use timing::{
-    Alone, ConfigError, CoreConfig, MAX_BOOT_AHEAD, MAX_INTERVAL, MIN_INTERVAL, PlantedBugs,
-    Timing, TimingError,
+    Alone, ConfigError, CoreConfig, MAX_BOOT_AHEAD, MAX_DRIFT, MAX_INTERVAL, MIN_INTERVAL,
+    PlantedBugs, QuorumMargins, Safety, Timing, TimingError,
 };
 pub use view::Placement;
 
@@ -112,6 +114,8 @@ pub struct Core {
     leases: lease::Leases,
     /// The pending timers.
     timers: timers::Timers,
+    /// Quorum mode: the promises this node made.
+    quorum: quorum::Acceptor,
 }
 
 // A core moves between threads (the simulator runs nodes on worker threads).
@@ -213,6 +217,7 @@ impl Core {
                 repair_at: Duration::ZERO,
                 alone_check_at: None,
             },
+            quorum: quorum::Acceptor::default(),
             cfg,
         };
         core.publish_record(now);
@@ -387,6 +392,26 @@ impl Core {
                 parts,
                 members,
             } => self.apply_members_part(now, from, (answer, part, parts), members),
+            Message::Promise {
+                resource,
+                slot,
+                round,
+                term,
+                boot,
+            } => self.handle_promise(now, from, (resource, slot, round, term, boot)),
+            Message::Promised {
+                resource,
+                slot,
+                round,
+                granted,
+                term,
+                name,
+            } => self.handle_promised(now, from, (resource, slot, round, granted, term, name)),
+            Message::Unpromise {
+                resource,
+                slot,
+                boot,
+            } => self.handle_unpromise(from, (resource, slot, boot)),
             Message::Versions {
                 buckets,
                 entries,
@@ -478,6 +503,7 @@ impl Core {
             self.set_ready(now);
         }
         self.check_superseded(now);
+        self.check_fences(now);
         self.update_state(now);
         if self.cfg.report_suspicions {
             self.scan_suspects(now);

@@ -134,6 +134,9 @@ impl Core {
                 self.leases.evaluate_claims = true;
             }
             CoreTimer::LeaveDeadline => self.finish_leave(now, true),
+            CoreTimer::QuorumRound { resource } => self.round_due(now, &resource),
+            // `after_input`, which follows every timer, gives up what is due.
+            CoreTimer::Fence { .. } => {}
         }
     }
 }
@@ -164,4 +167,12 @@ pub(super) enum CoreTimer {
     /// The bar on candidacy after repeated losses of every member ends.
     RejoinBar,
     LeaveDeadline,
+    /// Quorum mode: the next round of promise requests for a resource is due.
+    QuorumRound {
+        resource: String,
+    },
+    /// Quorum mode: a holding's promises may run out now unless renewed.
+    Fence {
+        resource: String,
+    },
 }

@@ -262,6 +262,87 @@ impl std::fmt::Display for Alone {
     }
 }
 
+/// What a partition may cost: availability, or a job running twice.
+///
+/// See `docs/design.md` ("Safety modes") for what each promises and the margins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Safety {
+    /// Each side of a partition elects its own owners once the other side is declared
+    /// down; after the heal the ranking merges back to `tickets` holders.
+    #[default]
+    Available,
+    /// At most `tickets` holders fleet-wide, under partitions, pauses and clock-rate drift
+    /// within [`QuorumMargins`]: a node holds a ticket only while a strict majority of
+    /// `members` nodes (itself included) promise it that ticket, each for a bounded time
+    /// on its own clock, and it gives the ticket up before those promises can run out.
+    /// A fleet must not run more than `members` names.
+    Quorum {
+        /// How many nodes the fleet has (M): a majority is more than M/2 of them.
+        members: u16,
+    },
+}
+
+impl Safety {
+    /// The fleet size of quorum mode, if it is on.
+    pub fn quorum(self) -> Option<u16> {
+        match self {
+            Safety::Available => None,
+            Safety::Quorum { members } => Some(members),
+        }
+    }
+}
+
+impl std::fmt::Display for Safety {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Safety::Available => f.write_str("available"),
+            Safety::Quorum { members } => write!(f, "quorum of {members}"),
+        }
+    }
+}
+
+/// The clock-rate drift quorum mode tolerates between any two nodes' monotonic clocks:
+/// 1 % (crystal oscillators drift by parts per million; this leaves room for virtual
+/// machines whose clocks are steered).
+pub const MAX_DRIFT: f64 = 0.01;
+
+/// The timing of quorum mode, derived from the profile by [`CoreConfig::quorum_margins`].
+///
+/// A holder asks every member to renew its promise each `renew_every`. An acceptor's
+/// promise lasts `promise_for` from when the request reached it, on its own clock. The
+/// holder counts its tenure from when it *sent* the round a majority answered, and tells
+/// its application to stop `fence_after` later unless a newer round was answered. So,
+/// with clock rates within `1 ± ρ` (ρ = [`MAX_DRIFT`]), a pause of the holder's process of
+/// at most `max_pause`, and an application that stops within `drop_within` of being told:
+///
+/// ```text
+/// fence_after / (1 - ρ) + max_pause + drop_within  <  promise_for / (1 + ρ)
+/// ```
+///
+/// and the holder has stopped before any acceptor's promise ends. A node that starts
+/// promises nothing for `start_wait`, after which every promise of its previous process
+/// has ended.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct QuorumMargins {
+    /// How often a holder renews its promises (the probe period).
+    pub renew_every: Duration,
+    /// How long after sending a round a majority answered the holder may keep its ticket
+    /// (eight renewals: loss rarely costs a tenure).
+    pub fence_after: Duration,
+    /// The longest stall of a holder's process the promise covers (the suspicion time,
+    /// the profile's stall tolerance).
+    pub max_pause: Duration,
+    /// How soon the application stops after it was told its lease is lost (the
+    /// `handoff_timeout`).
+    pub drop_within: Duration,
+    /// How long an acceptor's promise lasts, from when the request reached it.
+    pub promise_for: Duration,
+    /// How long a node promises nothing after it starts.
+    pub start_wait: Duration,
+}
+
 /// Everything the sans-IO core needs to start.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -292,6 +373,8 @@ pub struct CoreConfig {
     /// packets naming an identity whose boot is more than [`MAX_BOOT_AHEAD`] ahead of it
     /// (such an identity would win every address conflict for good).
     pub wall_clock: Option<Duration>,
+    /// Available (the default) or quorum mode.
+    pub safety: Safety,
     /// Report suspicions ([`crate::proto::Event::MemberSuspect`]); costs a scan of the
     /// membership at most every 10 ms, so it is off unless someone watches.
     pub report_suspicions: bool,
@@ -315,6 +398,8 @@ pub struct PlantedBugs {
     /// Acquire as soon as ready, without the one-probe-round-trip hold-off that lets an
     /// acquisition made just before this node was ready reach it.
     pub no_ready_hold_off: bool,
+    /// Quorum mode: keep holding when the promises of a majority run out (no self-fencing).
+    pub no_self_fencing: bool,
 }
 
 impl CoreConfig {
@@ -332,6 +417,7 @@ impl CoreConfig {
             step_down_backoff: Duration::from_secs(5),
             rng_seed: boot ^ 0x9e37_79b9_7f4a_7c15,
             wall_clock: None,
+            safety: Safety::Available,
             report_suspicions: false,
             bugs: PlantedBugs::default(),
         }
@@ -356,6 +442,29 @@ impl CoreConfig {
         }
         check_duration("handoff_timeout", self.handoff_timeout)?;
         check_duration("step_down_backoff", self.step_down_backoff)
+    }
+
+    /// Quorum mode's renewal period, fencing window and promise length, derived from the
+    /// timing profile and `handoff_timeout` (see [`QuorumMargins`] for the formula).
+    pub fn quorum_margins(&self) -> QuorumMargins {
+        let renew_every = self.timing.probe_period;
+        let fence_after = renew_every * 8;
+        let max_pause = self.timing.suspect_to_down;
+        let drop_within = self.handoff_timeout;
+        // A round trip of slack on top of the bound.
+        let slack = self.timing.probe_rtt;
+        let promise_for = (fence_after.div_f64(1.0 - MAX_DRIFT) + max_pause + drop_within)
+            .mul_f64(1.0 + MAX_DRIFT)
+            + slack;
+        let start_wait = promise_for.mul_f64((1.0 + MAX_DRIFT) / (1.0 - MAX_DRIFT)) + slack;
+        QuorumMargins {
+            renew_every,
+            fence_after,
+            max_pause,
+            drop_within,
+            promise_for,
+            start_wait,
+        }
     }
 }
 
@@ -416,6 +525,9 @@ pub enum ConfigError {
     /// A timing value is out of range.
     #[error("invalid timing: {0}")]
     Timing(#[from] TimingError),
+    /// Quorum mode with a fleet of zero members.
+    #[error("quorum mode needs the fleet's size: members must be at least 1")]
+    QuorumMembers,
     /// An IPv6 address with a scope (link-local): the scope does not travel in member
     /// identities, so peers could not answer.
     #[error(
@@ -437,6 +549,9 @@ impl CoreConfig {
             return Err(crate::record::RecordError::BadName(self.name.len()).into());
         }
         self.validate_timing()?;
+        if self.safety == (Safety::Quorum { members: 0 }) {
+            return Err(ConfigError::QuorumMembers);
+        }
         match std::iter::once(&self.addr)
             .chain(&self.seeds)
             .find(|a| is_scoped(a))

@@ -9,6 +9,7 @@ use super::*;
 
 mod hostile;
 mod liveness;
+mod quorum;
 
 /// `(deliver at, sequence, from, to, datagram)`.
 type InFlight = (Duration, u64, SocketAddr, SocketAddr, Vec<u8>);
@@ -32,6 +33,8 @@ struct Fleet {
     wall_clock: Option<Duration>,
     /// Drops a datagram `(now, from, to, data)` when it returns true.
     lose: Option<Lose>,
+    /// The safety mode nodes start with.
+    safety: Safety,
 }
 
 fn addr(i: usize) -> SocketAddr {
@@ -52,6 +55,7 @@ impl Fleet {
             sides: BTreeMap::new(),
             lose: None,
             wall_clock: None,
+            safety: Safety::Available,
         }
     }
 
@@ -64,6 +68,7 @@ impl Fleet {
         cfg.seeds = seeds.iter().map(|s| addr(*s)).collect();
         cfg.rng_seed = (i as u64) << 8 | boot;
         cfg.wall_clock = self.wall_clock;
+        cfg.safety = self.safety;
         let core = Core::new(cfg, self.now).unwrap();
         self.nodes.insert(addr(i), core);
         self.flush(addr(i));
