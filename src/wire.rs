@@ -99,6 +99,10 @@ pub enum Message {
         term: u64,
         /// The asking process's boot.
         boot: u64,
+        /// A renewal of a tenure a majority granted already: an acceptor that has promised
+        /// the slot to nobody else grants it without checking the term (it may have
+        /// restarted since, and learnt the term from the holder's record).
+        renew: bool,
     },
     /// Quorum mode: the answer to a [`Message::Promise`].
     Promised {
@@ -114,6 +118,9 @@ pub enum Message {
         term: u64,
         /// The answering node's name: a majority counts names.
         name: String,
+        /// Refused because the slot is promised to this node: ask for another slot while
+        /// it holds this one.
+        taken_by: Option<SocketAddr>,
     },
     /// Quorum mode: the sender's process `boot` gave slot `slot` of `resource` up (its
     /// application dropped the lease): promises to it end now.

@@ -53,6 +53,8 @@ pub struct RunConfig {
     /// Threads that simulate the nodes of each window. The trace is the same for any
     /// number; more than one pays off from a few hundred nodes.
     pub threads: usize,
+    /// Quorum mode, with the fleet's size as its members (`--safety quorum`).
+    pub quorum: bool,
 }
 
 impl RunConfig {
@@ -70,6 +72,7 @@ impl RunConfig {
             bugs: PlantedBugs::default(),
             progress: false,
             threads: 1,
+            quorum: false,
         }
     }
 
@@ -88,6 +91,9 @@ impl RunConfig {
         if let Some(t) = self.tickets {
             cmd.push_str(&format!(" --tickets {t}"));
         }
+        if self.quorum {
+            cmd.push_str(" --safety quorum");
+        }
         let b = &self.bugs;
         for (on, name) in [
             (b.acquire_before_synced, "acquire-before-synced"),
@@ -95,6 +101,7 @@ impl RunConfig {
             (b.suspect_is_gone, "suspect-is-gone"),
             (b.no_direct_repair, "no-direct-repair"),
             (b.no_ready_hold_off, "no-ready-hold-off"),
+            (b.no_self_fencing, "no-self-fencing"),
         ] {
             if on {
                 cmd.push_str(&format!(" --plant {name}"));
@@ -132,6 +139,9 @@ impl Percentiles {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Metrics {
     pub failover_ms: Percentiles,
+    /// Quorum mode: from a partition that left a holder outside the majority group to the
+    /// majority side's acquisition.
+    pub majority_failover_ms: Percentiles,
     pub heal_convergence_ms: Option<u64>,
     pub boot_convergence_ms: Option<u64>,
     pub handoff_ms: Percentiles,
@@ -182,6 +192,7 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
             latency_mean: config.latency,
             tickets: config.tickets,
             resources: config.resources,
+            quorum: config.quorum,
         },
         &mut rng,
     );
@@ -224,6 +235,7 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
         violations,
         metrics: Metrics {
             failover_ms: Percentiles::of(&w.checks.failovers),
+            majority_failover_ms: Percentiles::of(&w.checks.majority_failovers),
             heal_convergence_ms: w.checks.heal_convergence_ms,
             boot_convergence_ms: w.checks.boot_convergence_ms,
             handoff_ms: Percentiles::of(&w.checks.handoffs),
@@ -270,12 +282,12 @@ pub struct Summary {
     pub inert: Vec<String>,
 }
 
-/// Runs `seeds` swarm seeds from `start` on `threads` threads, calling `each` in seed
-/// order.
+/// Runs `seeds` swarm seeds from `start` on `threads` threads (in quorum mode if
+/// `quorum`), calling `each` in seed order.
 pub fn sweep(
     start: u64,
     seeds: u64,
-    max_nodes: usize,
+    (max_nodes, quorum): (usize, bool),
     threads: usize,
     mut each: impl FnMut(&Report),
 ) -> Summary {
@@ -288,7 +300,11 @@ pub fn sweep(
                 scope.spawn(move || {
                     (0..seeds)
                         .filter(|k| k % threads == t)
-                        .map(|k| (k, run(&swarm_config(start + k, max_nodes), None)))
+                        .map(|k| {
+                            let mut config = swarm_config(start + k, max_nodes);
+                            config.quorum = quorum;
+                            (k, run(&config, None))
+                        })
                         .collect::<Vec<_>>()
                 })
             })

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use sim::{RunConfig, Scenario};
 
 #[derive(Parser)]
@@ -36,6 +36,9 @@ enum Command {
         /// One JSON line per run, then a summary line.
         #[arg(long)]
         json: bool,
+        /// `available` (default) or `quorum` (members: each run's fleet size).
+        #[arg(long, value_enum, default_value_t = SafetyMode::Available)]
+        safety: SafetyMode,
     },
     /// The scenarios, one name a line.
     Scenarios,
@@ -79,9 +82,22 @@ struct RunArgs {
     threads: Option<usize>,
     /// Plant a deliberate bug in every node, to see a checker catch it (repeatable):
     /// acquire-before-synced, never-yield-when-displaced, suspect-is-gone,
-    /// no-direct-repair, no-ready-hold-off.
+    /// no-direct-repair, no-ready-hold-off, no-self-fencing.
     #[arg(long)]
     plant: Vec<String>,
+    /// `available` (default) or `quorum` (members: the fleet's size; pauses and drift are
+    /// held to quorum mode's bounds).
+    #[arg(long, value_enum, default_value_t = SafetyMode::Available)]
+    safety: SafetyMode,
+}
+
+/// `--safety`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SafetyMode {
+    /// Each side of a partition elects its own owners.
+    Available,
+    /// Quorum mode, with the fleet's size as its members.
+    Quorum,
 }
 
 impl RunArgs {
@@ -117,6 +133,7 @@ impl RunArgs {
         config.loss = self.loss;
         config.latency = (self.latency.as_nanos() as u64).max(1000);
         config.tickets = self.tickets;
+        config.quorum = self.safety == SafetyMode::Quorum;
         config.resources = self.resources;
         config.progress = self.progress;
         config.threads = self.threads.unwrap_or_else(|| {
@@ -133,6 +150,7 @@ impl RunArgs {
                 "suspect-is-gone" => b.suspect_is_gone = true,
                 "no-direct-repair" => b.no_direct_repair = true,
                 "no-ready-hold-off" => b.no_ready_hold_off = true,
+                "no-self-fencing" => b.no_self_fencing = true,
                 other => return Err(format!("unknown planted bug {other:?}")),
             }
         }
@@ -247,21 +265,28 @@ fn main() -> ExitCode {
             max_nodes,
             threads,
             json,
+            safety,
         } => {
             if seeds == 0 || max_nodes < 3 {
                 eprintln!("error: --seeds must be at least 1 and --max-nodes at least 3");
                 return ExitCode::from(2);
             }
-            let summary = sim::sweep(start_seed, seeds, max_nodes, threads, |report| {
-                if json {
-                    print_report(report, true);
-                } else if !report.violations.is_empty() {
-                    print_report(report, false);
-                }
-                if !report.violations.is_empty() {
-                    eprintln!("reproduce: {}", report.reproduce);
-                }
-            });
+            let summary = sim::sweep(
+                start_seed,
+                seeds,
+                (max_nodes, safety == SafetyMode::Quorum),
+                threads,
+                |report| {
+                    if json {
+                        print_report(report, true);
+                    } else if !report.violations.is_empty() {
+                        print_report(report, false);
+                    }
+                    if !report.violations.is_empty() {
+                        eprintln!("reproduce: {}", report.reproduce);
+                    }
+                },
+            );
             if json {
                 println!("{}", serde_json::json!({ "summary": summary }));
             } else {

@@ -5,7 +5,18 @@ use gossip_election::proto::PlantedBugs;
 use sim::{RunConfig, S, Scenario, run};
 
 fn violations(bugs: PlantedBugs, scenario: Scenario, seed: u64, loss: f64) -> Vec<String> {
+    violations_in(bugs, (scenario, false), seed, loss)
+}
+
+/// As [`violations`], in quorum mode if `quorum`.
+fn violations_in(
+    bugs: PlantedBugs,
+    (scenario, quorum): (Scenario, bool),
+    seed: u64,
+    loss: f64,
+) -> Vec<String> {
     let mut config = RunConfig::new(seed, 7, scenario);
+    config.quorum = quorum;
     config.duration = 180 * S;
     config.loss = loss;
     config.tickets = Some(1);
@@ -95,5 +106,23 @@ fn acquiring_the_moment_a_node_is_ready_is_caught_by_planned_move_bound_in_ready
         1,
         0.0,
         "planned-move-bounded-owners",
+    );
+}
+
+#[test]
+fn skipping_self_fencing_is_caught_by_the_fleet_wide_bound_in_quorum_isolate_owner() {
+    // Quorum mode: the holder cut off from everyone keeps its ticket; the majority takes
+    // it over once its promises ran out, and two hold at once.
+    let quorum = (Scenario::IsolateOwner, true);
+    let clean = violations_in(PlantedBugs::default(), quorum, 1, 0.01);
+    assert!(clean.is_empty(), "the clean run already fails: {clean:?}");
+    let bugs = PlantedBugs {
+        no_self_fencing: true,
+        ..Default::default()
+    };
+    let buggy = violations_in(bugs, quorum, 1, 0.01);
+    assert!(
+        buggy.iter().any(|v| v == "bounded-holders-fleet-wide"),
+        "bounded-holders-fleet-wide did not fire; fired: {buggy:?}"
     );
 }

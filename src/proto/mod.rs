@@ -398,7 +398,8 @@ impl Core {
                 round,
                 term,
                 boot,
-            } => self.handle_promise(now, from, (resource, slot, round, term, boot)),
+                renew,
+            } => self.handle_promise(now, from, (resource, slot, round, term, boot), renew),
             Message::Promised {
                 resource,
                 slot,
@@ -406,7 +407,13 @@ impl Core {
                 granted,
                 term,
                 name,
-            } => self.handle_promised(now, from, (resource, slot, round, granted, term, name)),
+                taken_by,
+            } => self.handle_promised(
+                now,
+                from,
+                (resource, slot, round, granted, term),
+                (name, taken_by),
+            ),
             Message::Unpromise {
                 resource,
                 slot,

@@ -28,7 +28,7 @@ use super::{Core, CoreTimer, LostReason, NodeState};
 use crate::record::validate_resource;
 use crate::wire::{DropReason, Message};
 
-/// Most resources an acceptor keeps promises and terms for: requests for more are
+/// Most ticket slots an acceptor keeps promises and terms for: requests for more are
 /// refused (and logged) until old promises expire.
 const MAX_PROMISED: usize = 4096;
 
@@ -47,8 +47,10 @@ pub(super) struct Acceptor {
     /// The promise per `(resource, slot)`; expired ones stay until replaced or purged, so a
     /// holder whose renewal came late is recognised.
     promises: BTreeMap<(String, u16), Promise>,
-    /// The highest term per resource this node granted.
-    terms: BTreeMap<String, u64>,
+    /// The highest term this node granted per `(resource, slot)`. Per slot, so that the
+    /// holders of a resource's several tickets, acquiring at once, do not refuse each
+    /// other's terms.
+    terms: BTreeMap<(String, u16), u64>,
     /// The next round id of this node's own requests.
     next_round: u64,
     /// A fleet larger than the quorum's size was reported (reset once it is not).
@@ -63,7 +65,12 @@ pub(crate) struct Round {
     slot: u16,
     term: u64,
     grants: BTreeSet<String>,
+    /// The members that granted (to release their promises if the round fails).
+    granted_by: Vec<SocketAddr>,
     counted: bool,
+    /// Sent while not holding: a majority acquires. (A renewal's majority that comes
+    /// after the holder gave up acquires nothing: its term is spent.)
+    acquire: bool,
 }
 
 /// The quorum side of one of this node's claims.
@@ -75,8 +82,9 @@ pub(crate) struct QuorumClaim {
     round_at: Option<Duration>,
     /// The slot held (while holding).
     pub(crate) slot: u16,
-    /// Rounds that failed since the last acquisition: the slot asked for moves on.
-    attempts: u16,
+    /// Slots acceptors said are promised to another node: while that node holds a ticket
+    /// (its record says so), this one asks for a free slot instead.
+    taken: BTreeMap<u16, SocketAddr>,
     /// While holding: when the holder must have told its application to stop.
     pub(crate) fence_at: Option<Duration>,
 }
@@ -133,13 +141,7 @@ impl Core {
     fn start_round(&mut self, now: Duration, resource: &str) {
         let margins = self.cfg.quorum_margins();
         let own = self.cfg.addr;
-        let rank = self
-            .view
-            .placement(resource)
-            .desired
-            .iter()
-            .position(|a| *a == own)
-            .unwrap_or(0);
+        let placement = self.view.placement(resource);
         let id = self.quorum.next_round;
         self.quorum.next_round += 1;
         let Some(claim) = self.leases.claims.get_mut(resource) else {
@@ -148,19 +150,42 @@ impl Core {
         let (slot, term) = match claim.lease {
             LeaseState::Held { term, .. } => (claim.quorum.slot, term),
             LeaseState::Idle => {
-                let tickets = usize::from(claim.tickets.max(1));
-                let slot = (rank + usize::from(claim.quorum.attempts)) % tickets;
-                (slot as u16, claim.known_term + 1)
+                // The desired nodes that do not hold take the free slots in rank order:
+                // nodes with the same view ask for different slots.
+                claim
+                    .quorum
+                    .taken
+                    .retain(|_, a| *a != own && placement.holders.contains(a));
+                let free: Vec<u16> = (0..claim.tickets.max(1))
+                    .filter(|s| !claim.quorum.taken.contains_key(s))
+                    .collect();
+                let index = placement
+                    .desired
+                    .iter()
+                    .filter(|a| **a == own || !placement.holders.contains(a))
+                    .position(|a| *a == own)
+                    .unwrap_or(0);
+                let slot = if free.is_empty() {
+                    // What it learnt is out of date (the tickets shrank): start over.
+                    claim.quorum.taken.clear();
+                    (index % usize::from(claim.tickets.max(1))) as u16
+                } else {
+                    free[index % free.len()]
+                };
+                (slot, claim.known_term + 1)
             }
             LeaseState::Lost { .. } => return,
         };
+        let acquire = claim.lease == LeaseState::Idle;
         claim.quorum.round = Some(Round {
             id,
             sent: now,
             slot,
             term,
             grants: BTreeSet::new(),
+            granted_by: Vec::new(),
             counted: false,
+            acquire,
         });
         claim.quorum.round_at = Some(now + margins.renew_every);
         self.schedule(
@@ -170,7 +195,8 @@ impl Core {
             },
         );
         let (boot, name) = (self.cfg.boot, self.cfg.name.clone());
-        if self.grant(now, own, boot, resource, slot, term) {
+        let renew = !acquire;
+        if self.grant(now, (own, boot), resource, (slot, term), renew) {
             self.granted(now, resource, id, name);
         }
         let mut members: Vec<SocketAddr> = self.view.members.keys().copied().collect();
@@ -181,6 +207,7 @@ impl Core {
             round: id,
             term,
             boot,
+            renew,
         };
         for addr in members {
             self.send_message(addr, &request);
@@ -201,7 +228,22 @@ impl Core {
         match claim.lease {
             LeaseState::Held { .. } => self.start_round(now, resource),
             LeaseState::Idle => {
-                claim.quorum.attempts = claim.quorum.attempts.wrapping_add(1);
+                // The round failed: release what it got, so that a rival asking for the
+                // same slot is not held up by these promises.
+                if let Some(round) = claim.quorum.round.take()
+                    && !round.counted
+                {
+                    let message = Message::Unpromise {
+                        resource: resource.to_string(),
+                        slot: round.slot,
+                        boot: self.cfg.boot,
+                    };
+                    let (own, boot) = (self.cfg.addr, self.cfg.boot);
+                    self.release_promise(resource, round.slot, own, boot);
+                    for addr in round.granted_by {
+                        self.send_message(addr, &message);
+                    }
+                }
                 self.leases.dirty.insert(resource.to_string());
             }
             LeaseState::Lost { .. } => {}
@@ -209,15 +251,19 @@ impl Core {
     }
 
     /// The acceptor's rule: promise slot `slot` of `resource` to `holder` (process
-    /// `boot`) for a tenure with term `term`?
+    /// `boot`) for a tenure with term `term` (`renew`: a tenure already granted)?
+    ///
+    /// Never while the slot is promised to another process and the promise has not run
+    /// out: that keeps holders apart. A new tenure only with a term above every term this
+    /// node knows: that makes terms rise (a majority that granted a term intersects the
+    /// majority of the next tenure).
     fn grant(
         &mut self,
         now: Duration,
-        holder: SocketAddr,
-        boot: u64,
+        (holder, boot): (SocketAddr, u64),
         resource: &str,
-        slot: u16,
-        term: u64,
+        (slot, term): (u16, u64),
+        renew: bool,
     ) -> bool {
         if matches!(self.state, NodeState::Superseded | NodeState::Left) {
             return false;
@@ -233,17 +279,17 @@ impl Core {
         if current.is_some_and(|p| !same && p.until > now) {
             return false;
         }
-        let renewal = same && current.is_some_and(|p| p.term == term);
-        let known = self.known_term_of(resource);
+        let renewal = renew || (same && current.is_some_and(|p| p.term == term));
+        let known = self.known_term_of(resource, slot);
         if !renewal && term <= known {
             return false;
         }
-        if current.is_none() && !self.quorum.terms.contains_key(resource) {
+        if current.is_none() && self.quorum.promises.len() >= MAX_PROMISED {
             self.purge_promises(now);
-            if self.quorum.terms.len() >= MAX_PROMISED {
+            if self.quorum.promises.len() >= MAX_PROMISED {
                 warn!(
                     resource,
-                    "too many resources promised: refusing until old promises expire"
+                    "too many ticket slots promised: refusing until old promises expire"
                 );
                 return false;
             }
@@ -257,14 +303,23 @@ impl Core {
                 until: now + margins.promise_for,
             },
         );
-        let t = self.quorum.terms.entry(resource.to_string()).or_default();
+        let t = self
+            .quorum
+            .terms
+            .entry((resource.to_string(), slot))
+            .or_default();
         *t = (*t).max(term);
         true
     }
 
     /// The highest term of `resource` this node knows: granted, held or seen in records.
-    fn known_term_of(&self, resource: &str) -> u64 {
-        let granted = self.quorum.terms.get(resource).copied().unwrap_or(0);
+    fn known_term_of(&self, resource: &str, slot: u16) -> u64 {
+        let granted = self
+            .quorum
+            .terms
+            .get(&(resource.to_string(), slot))
+            .copied()
+            .unwrap_or(0);
         let own = self.leases.claims.get(resource).map_or(0, |c| c.known_term);
         granted.max(own).max(self.view.max_term(resource))
     }
@@ -274,13 +329,10 @@ impl Core {
     fn purge_promises(&mut self, now: Duration) {
         let keep = self.cfg.quorum_margins().start_wait;
         self.quorum.promises.retain(|_, p| p.until + keep > now);
-        let promised: BTreeSet<String> = self
-            .quorum
-            .promises
-            .keys()
-            .map(|(r, _)| r.clone())
-            .collect();
-        self.quorum.terms.retain(|r, _| promised.contains(r));
+        let promises = &self.quorum.promises;
+        self.quorum
+            .terms
+            .retain(|key, _| promises.contains_key(key));
     }
 
     /// A member asks for (or renews) a promise.
@@ -289,6 +341,7 @@ impl Core {
         now: Duration,
         from: SocketAddr,
         (resource, slot, round, term, boot): (String, u16, u64, u64, u64),
+        renew: bool,
     ) {
         let known = self.view.members.get(&from).map(|id| id.boot());
         if self.cfg.safety.quorum().is_none() || known != Some(boot) {
@@ -298,9 +351,16 @@ impl Core {
             self.drop_datagram(from, DropReason::Invalid);
             return;
         }
-        let granted = self.grant(now, from, boot, &resource, slot, term);
+        let granted = self.grant(now, (from, boot), &resource, (slot, term), renew);
+        let taken_by = self
+            .quorum
+            .promises
+            .get(&(resource.clone(), slot))
+            .filter(|p| !granted && p.until > now && p.holder != from)
+            .map(|p| p.holder);
         let answer = Message::Promised {
-            term: self.known_term_of(&resource),
+            taken_by,
+            term: self.known_term_of(&resource, slot),
             resource,
             slot,
             round,
@@ -315,7 +375,8 @@ impl Core {
         &mut self,
         now: Duration,
         from: SocketAddr,
-        (resource, slot, round, granted, term, name): (String, u16, u64, bool, u64, String),
+        (resource, slot, round, granted, term): (String, u16, u64, bool, u64),
+        (name, taken_by): (String, Option<SocketAddr>),
     ) {
         if !self.view.members.contains_key(&from) {
             return;
@@ -329,7 +390,15 @@ impl Core {
             .round
             .as_ref()
             .is_some_and(|r| r.id == round && r.slot == slot);
+        if let Some(holder) = taken_by.filter(|_| current) {
+            // A node holds one slot of a resource: the latest word on it counts.
+            claim.quorum.taken.retain(|_, a| *a != holder);
+            claim.quorum.taken.insert(slot, holder);
+        }
         if granted && current {
+            if let Some(r) = claim.quorum.round.as_mut() {
+                r.granted_by.push(from);
+            }
             self.granted(now, &resource, round, name);
         }
     }
@@ -352,13 +421,13 @@ impl Core {
             return;
         }
         r.counted = true;
-        let (sent, slot, term) = (r.sent, r.slot, r.term);
+        let (sent, slot, term, acquire) = (r.sent, r.slot, r.term, r.acquire);
         let valid_until = sent + margins.fence_after;
         if now >= valid_until {
             return;
         }
         match claim.lease {
-            LeaseState::Held { term: held, .. } if held == term => {
+            LeaseState::Held { term: held, .. } if held == term && !acquire => {
                 claim.quorum.fence_at = Some(valid_until);
                 self.schedule(
                     valid_until,
@@ -367,7 +436,7 @@ impl Core {
                     },
                 );
             }
-            LeaseState::Idle => {
+            LeaseState::Idle if acquire => {
                 let own = self.cfg.addr;
                 let desired = self.view.placement(resource).desired.contains(&own);
                 if !(claim.candidate() && desired)
@@ -380,7 +449,7 @@ impl Core {
                     return;
                 }
                 claim.quorum.slot = slot;
-                claim.quorum.attempts = 0;
+                claim.quorum.taken.clear();
                 claim.quorum.fence_at = Some(valid_until);
                 self.schedule(
                     valid_until,
@@ -465,12 +534,20 @@ impl Core {
         from: SocketAddr,
         (resource, slot, boot): (String, u16, u64),
     ) {
-        if self.view.members.contains_key(&from) || self.membership.leavers.contains(&from) {
-            self.release_promise(&resource, slot, from, boot);
+        if !(self.view.members.contains_key(&from) || self.membership.leavers.contains(&from)) {
+            return;
+        }
+        self.release_promise(&resource, slot, from, boot);
+        // A candidate waiting for its next round asks at once if the lease rules let it.
+        if let Some(claim) = self.leases.claims.get_mut(&resource)
+            && claim.lease == LeaseState::Idle
+        {
+            claim.quorum.round_at = None;
+            self.leases.dirty.insert(resource);
         }
     }
 
-    /// What the promise bookkeeping holds: `(promises, resources with terms)`.
+    /// What the promise bookkeeping holds: `(promises, slots with terms)`.
     pub fn promises_kept(&self) -> (usize, usize) {
         (self.quorum.promises.len(), self.quorum.terms.len())
     }

@@ -15,6 +15,26 @@ impl Checks {
     pub(crate) fn sample(&mut self, fleet: &Fleet) {
         let now = fleet.now;
         self.check_components(fleet, None);
+        let promises = self.quorum.map_or(0, |m| m.promise_for.as_nanos() as u64);
+        let failover_within = FAILOVER_WITHIN + promises;
+        // Q3.
+        for r in 0..self.pending_majority.len() {
+            if let Some((t, _)) = self.pending_majority[r]
+                && now > t + failover_within
+            {
+                self.checks += 1;
+                self.pending_majority[r] = None;
+                self.violate(
+                    "majority-reacquires",
+                    now,
+                    format!(
+                        "the majority side did not acquire {} within {} ms of the partition",
+                        resource_name(r),
+                        failover_within / MS
+                    ),
+                );
+            }
+        }
         // L2.
         for r in 0..self.pending_failover.len() {
             if let Some(t) = self.pending_failover[r] {
@@ -25,9 +45,14 @@ impl Checks {
                         fleet.competes(i, r) && !fleet.truth.holders[r].contains(&(i as u32))
                     })
                     .count();
-                if candidates == 0 {
+                // In quorum mode nobody may hold without a majority of the fleet up.
+                let up = (0..fleet.plan.nodes)
+                    .filter(|&i| fleet.nodes[i].up())
+                    .count();
+                let no_majority = self.quorum.is_some() && up * 2 <= fleet.plan.nodes;
+                if candidates == 0 || no_majority {
                     self.pending_failover[r] = None;
-                } else if now > t + FAILOVER_WITHIN {
+                } else if now > t + failover_within {
                     self.pending_failover[r] = None;
                     self.violate(
                         "failover-after-crash",
@@ -35,7 +60,7 @@ impl Checks {
                         format!(
                             "no new holder of {} within {} ms of the crash",
                             resource_name(r),
-                            FAILOVER_WITHIN / MS
+                            failover_within / MS
                         ),
                     );
                 }
@@ -142,7 +167,7 @@ impl Checks {
 impl Fleet<'_> {
     /// Whether node `i` is up and competes for `r`: the workload wants it to, and it was
     /// not superseded by a newer process with its name (which stops competing for good).
-    fn competes(&self, i: usize, r: usize) -> bool {
+    pub(super) fn competes(&self, i: usize, r: usize) -> bool {
         self.truth.competing[i][r]
             && self.nodes[i]
                 .core
@@ -216,7 +241,11 @@ impl Fleet<'_> {
         let core = self.nodes[first].core.as_ref().expect("up");
         for r in 0..self.truth.holders.len() {
             let candidates = up.iter().filter(|&&i| self.competes(i, r)).count();
-            let want = candidates.min(usize::from(self.plan.tickets[r]));
+            let mut want = candidates.min(usize::from(self.plan.tickets[r]));
+            // Quorum mode: nothing is held without a majority of the fleet up.
+            if self.plan.quorum.is_some() && up.len() * 2 <= self.plan.nodes {
+                want = 0;
+            }
             if self.truth.holders[r].len() != want {
                 return Err(format!(
                     "{} has {} holders, wants {want}: {:?}",

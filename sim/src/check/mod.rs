@@ -27,7 +27,9 @@ pub const CONVERGE_WITHIN: u64 = 30 * S;
 /// view that may lack the other's news (no coordinator orders them), so the checkers
 /// take the second as a fault.
 pub const CONCURRENT_MOVES: u64 = S;
-/// L2's bound: the LAN profile's suspicion (1 s) + probe period (200 ms) + 2 s.
+/// L2's bound: the LAN profile's suspicion (1 s) + probe period (200 ms) + 2 s. In quorum
+/// mode the crashed holder's promises must run out first: `promise_for` more (and Q3's
+/// bound is the same).
 pub const FAILOVER_WITHIN: u64 = 3200 * MS;
 /// How long L1's condition must hold before the fleet counts as converged (covers a
 /// suspicion still running when the views first look equal).
@@ -181,6 +183,15 @@ pub struct Checks {
     /// [`STALE_WINDOW`] after a one-way cut healed: stale suspicions of the cut node
     /// reaching the fleet.
     pub downs_after_cut: u64,
+    /// Quorum mode's margins, in quorum mode.
+    quorum: Option<gossip_election::proto::QuorumMargins>,
+    /// Q2: the highest fencing term acquired per resource.
+    max_term: Vec<u64>,
+    /// Q3: per resource, since when a partition left its holder outside the majority
+    /// group, and that group.
+    pending_majority: Vec<Option<(u64, u8)>>,
+    /// Q3: how long the majority side took to acquire, per partition that cut a holder off.
+    pub majority_failovers: Vec<u64>,
 }
 
 impl Checks {
@@ -226,6 +237,10 @@ impl Checks {
             cut_node: None,
             cut_healed: None,
             downs_after_cut: 0,
+            quorum: plan.quorum,
+            max_term: vec![0; resources],
+            pending_majority: vec![None; resources],
+            majority_failovers: Vec::new(),
         }
     }
 
@@ -267,11 +282,18 @@ impl Checks {
                     *p = None;
                 }
             }
+            for p in &mut self.pending_majority {
+                if p.is_some_and(|(t, _)| t < at) {
+                    *p = None;
+                }
+            }
         }
     }
 
     /// The network healed; `last` for the final heal of the run.
     pub fn heal(&mut self, at: u64, last: bool) {
+        // Q3 is a bound for a partition in effect.
+        self.pending_majority.iter_mut().for_each(|p| *p = None);
         if !last
             && self
                 .converge_from

@@ -64,10 +64,13 @@ impl Checks {
         self.last_yield[r] = Some(fleet.now);
     }
 
-    /// Node `i` acquired `r` (and is a holder already): S1, L3, L4, S2 and P1, and the
-    /// failover and handoff times.
-    pub(crate) fn acquired(&mut self, fleet: &Fleet, i: u32, r: usize) {
+    /// Node `i` acquired `r` with fencing term `term` (and is a holder already): S1, L3,
+    /// L4, S2 and P1, in quorum mode Q1, Q2 and Q3, and the failover and handoff times.
+    pub(crate) fn acquired(&mut self, fleet: &Fleet, i: u32, r: usize, term: u64) {
         let now = fleet.now;
+        if self.quorum.is_some() {
+            self.quorum_acquired(fleet, i, r, term);
+        }
         let fp = fleet.nodes[i as usize].fp;
         self.hold_in_fp(fleet, fp, r);
         if fleet.nodes[i as usize].drift != 0.0 {
@@ -192,6 +195,72 @@ impl Checks {
                     );
                     self.violate("bounded-owners-per-stable-component", now, detail);
                 }
+            }
+        }
+    }
+
+    /// Quorum mode's checks of an acquisition: Q1 `bounded-holders-fleet-wide` (every
+    /// holder counts, on any side of any partition, until its application dropped the
+    /// lease), Q2 `terms-rise` (with one ticket every tenure has ended before the next
+    /// begins, so each term exceeds every earlier one), and Q3's measurement.
+    fn quorum_acquired(&mut self, fleet: &Fleet, i: u32, r: usize, term: u64) {
+        let now = fleet.now;
+        self.checks += 2;
+        let holders = fleet.truth.holders[r].len();
+        if holders > usize::from(self.tickets[r]) {
+            let detail = format!(
+                "n{i} acquired {}: {holders} holders fleet-wide, tickets {}: {:?}",
+                resource_name(r),
+                self.tickets[r],
+                fleet.truth.holders[r]
+            );
+            self.violate("bounded-holders-fleet-wide", now, detail);
+        }
+        if self.tickets[r] == 1 && term <= self.max_term[r] {
+            let detail = format!(
+                "n{i} acquired {} with term {term}, not above {}",
+                resource_name(r),
+                self.max_term[r]
+            );
+            self.violate("terms-rise", now, detail);
+        }
+        self.max_term[r] = self.max_term[r].max(term);
+        if let Some((since, group)) = self.pending_majority[r]
+            && let Partition::Groups(groups) = fleet.partition
+            && groups.get(i as usize) == Some(&group)
+        {
+            self.pending_majority[r] = None;
+            self.majority_failovers.push(now - since);
+        }
+    }
+
+    /// Q3: a partition cut the network into `groups`; a resource whose holders are all
+    /// outside the group with a majority of the fleet's nodes (and that has a candidate
+    /// inside it) must be acquired there within the bound. Only on a stable network (as L2).
+    pub(crate) fn partitioned(&mut self, fleet: &Fleet) {
+        let Partition::Groups(groups) = fleet.partition else {
+            return;
+        };
+        if self.quorum.is_none() || !self.stable_loss || self.ongoing {
+            return;
+        }
+        let n = fleet.plan.nodes;
+        let mut up: BTreeMap<u8, usize> = BTreeMap::new();
+        for (i, g) in groups.iter().enumerate().take(n) {
+            if fleet.nodes[i].up() {
+                *up.entry(*g).or_default() += 1;
+            }
+        }
+        let Some((&majority, _)) = up.iter().find(|(_, c)| **c * 2 > n) else {
+            return;
+        };
+        for r in 0..fleet.truth.holders.len() {
+            let held_there = fleet.truth.holders[r]
+                .iter()
+                .any(|h| groups[*h as usize] == majority);
+            let candidate = (0..n).any(|i| groups[i] == majority && fleet.competes(i, r));
+            if !fleet.truth.holders[r].is_empty() && !held_there && candidate {
+                self.pending_majority[r] = Some((fleet.now, majority));
             }
         }
     }

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use gossip_election::proto::QuorumMargins;
+
 use crate::net::Partition;
 
 mod plan;
@@ -209,6 +211,8 @@ pub struct Plan {
     /// `ready-race`: `(racer, rival, resource)`: when the racer becomes ready after a
     /// restart, the rival starts competing for the resource at once.
     pub race: Option<(u32, u32, usize)>,
+    /// Quorum mode's margins, when the run is in quorum mode (members: the fleet's size).
+    pub quorum: Option<QuorumMargins>,
 }
 
 /// Inputs of [`plan`].
@@ -221,4 +225,6 @@ pub struct PlanInput {
     pub latency_mean: u64,
     pub tickets: Option<u16>,
     pub resources: usize,
+    /// Quorum mode (members: the fleet's size): pauses and drift stay within its bounds.
+    pub quorum: bool,
 }

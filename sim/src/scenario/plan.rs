@@ -1,6 +1,7 @@
 //! Turning a scenario and a seed into a [`Plan`]: the faults, their times and the
 //! workload.
 
+use gossip_election::proto::{CoreConfig, MAX_DRIFT, QuorumMargins};
 use rand::RngExt;
 use rand::rngs::Xoshiro256PlusPlus;
 
@@ -423,6 +424,21 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
     }
     faults.push((heal_at, Fault::Heal));
     faults.sort_by_key(|(t, _)| *t);
+    // Quorum mode promises safety for pauses and drift within its bounds: the same faults,
+    // held to them (so a seed draws the same plan in both modes).
+    let quorum = input.quorum.then(quorum_margins);
+    if let Some(m) = quorum {
+        let max_pause = m.max_pause.as_nanos() as u64;
+        for (_, fault) in &mut faults {
+            match fault {
+                Fault::Pause { duration, .. } | Fault::PauseHolder { duration, .. } => {
+                    *duration = (*duration).min(max_pause);
+                }
+                Fault::Drift { rate, .. } => *rate = rate.clamp(-MAX_DRIFT, MAX_DRIFT),
+                _ => {}
+            }
+        }
+    }
     Plan {
         scenario: input.scenario,
         nodes: n,
@@ -439,7 +455,13 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
         stagger,
         kinds,
         race,
+        quorum,
     }
+}
+
+/// The margins of quorum mode with the simulator's node configuration (the defaults).
+pub fn quorum_margins() -> QuorumMargins {
+    CoreConfig::new("n", crate::slots::addr_at(0, crate::slots::FIRST_PORT), 1).quorum_margins()
 }
 
 fn random_partition(rng: &mut Xoshiro256PlusPlus, n: usize) -> Partition {

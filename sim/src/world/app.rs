@@ -27,14 +27,14 @@ impl World {
     /// An event node `i`'s core reported: the application's part, and the checkers'.
     pub(super) fn on_event(&mut self, i: u32, e: Event) {
         match e {
-            Event::Acquired { resource, .. } => {
+            Event::Acquired { resource, term, .. } => {
                 let r = resource_index(&resource);
                 if r < self.truth.holders.len() {
                     self.fold([self.now, u64::from(i), 100, r as u64]);
                     self.trace(Some(i), "acquired", resource);
                     self.truth.holders[r].insert(i);
                     let (checks, fleet) = self.checking();
-                    checks.acquired(&fleet, i, r);
+                    checks.acquired(&fleet, i, r, term);
                 }
             }
             Event::Lost {
@@ -160,10 +160,16 @@ impl World {
 
 /// The application inside a node's share of a window.
 impl NodeRun<'_> {
-    /// The core told the application to stop using `resource`: it takes a moment to stop,
+    /// The core told the application to stop using `resource`: it takes a moment to stop
+    /// (below 20 ms; in quorum mode one time in eight up to the bound quorum mode assumes),
     /// then drops the lease.
     pub(super) fn stop_soon(&mut self, t: u64, resource: &str, lease: LeaseId) {
-        let delay = self.slot.links.below(20 * MS);
+        let bound = self.env.drop_within;
+        let delay = if bound > 20 * MS && self.slot.links.below(8) == 0 {
+            self.slot.links.below(bound)
+        } else {
+            self.slot.links.below(20 * MS)
+        };
         let ev = Ev::Drop {
             node: self.i,
             epoch: self.slot.epoch,

@@ -95,6 +95,8 @@ impl World {
             Fault::Partition(p) => {
                 self.net_mut().partition = p;
                 self.checks.disturbed(now, true);
+                let (checks, fleet) = self.checking();
+                checks.partitioned(&fleet);
             }
             Fault::CutOutgoing { resource, holder } => {
                 let node = if holder {
@@ -235,6 +237,8 @@ impl World {
         g[i as usize] = 1;
         self.net_mut().partition = Partition::Groups(g);
         self.checks.disturbed(self.now, true);
+        let (checks, fleet) = self.checking();
+        checks.partitioned(&fleet);
     }
 
     /// Freezes node `node` (if up and not paused) for `duration`: what reaches it meanwhile

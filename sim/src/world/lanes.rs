@@ -59,6 +59,7 @@ impl World {
             next: AtomicUsize::new(0),
             net: Arc::clone(&self.net),
             nodes: self.nodes.len(),
+            drop_within: self.drop_within(),
             window_end,
         });
         for lane in &lanes[..helpers] {
@@ -96,6 +97,7 @@ struct Job {
     next: AtomicUsize,
     net: Arc<Net>,
     nodes: usize,
+    drop_within: u64,
     window_end: u64,
 }
 
@@ -105,6 +107,7 @@ impl Job {
         let env = Env {
             net: &self.net,
             nodes: self.nodes,
+            drop_within: self.drop_within,
         };
         let mut done = Vec::new();
         loop {

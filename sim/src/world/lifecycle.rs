@@ -4,13 +4,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gossip_election::proto::{Core, CoreConfig};
+use gossip_election::proto::{Core, CoreConfig, Safety};
 
 use super::app::resource_name;
 use super::runner::{Env, NodeRun};
 use super::{Ev, World, splitmix64};
 use crate::net::Partition;
-use crate::scenario::Fault;
+use crate::scenario::{Fault, MS};
 use crate::slots::{FIRST_PORT, addr_at};
 
 impl World {
@@ -48,6 +48,11 @@ impl World {
         cfg.seeds = seeds;
         cfg.rng_seed = splitmix64(self.seed ^ splitmix64(u64::from(i) << 20 ^ slot.boot));
         cfg.plant(self.bugs);
+        if self.plan.quorum.is_some() {
+            cfg.safety = Safety::Quorum {
+                members: u16::try_from(self.plan.nodes).unwrap_or(u16::MAX),
+            };
+        }
         let local = Duration::from_nanos(slot.local(now));
         let mut core = Core::new(cfg, local).expect("valid node config");
         for r in 0..self.plan.tickets.len() {
@@ -127,12 +132,21 @@ impl World {
         }
     }
 
+    /// The longest an application takes to drop a lost lease (ns): quorum mode's bound, or
+    /// 20 ms.
+    pub(super) fn drop_within(&self) -> u64 {
+        self.plan
+            .quorum
+            .map_or(20 * MS, |m| m.drop_within.as_nanos() as u64)
+    }
+
     /// After a global event gave node `i` input: send, report, reschedule.
     pub(super) fn after_core(&mut self, i: u32) {
         let now = self.now;
         let env = Env {
             net: &self.net,
             nodes: self.nodes.len(),
+            drop_within: self.drop_within(),
         };
         let slot = &mut self.nodes[i as usize];
         // Nothing falls inside a window that ends now: everything goes to the queue.

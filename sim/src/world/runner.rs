@@ -57,6 +57,8 @@ pub(super) struct Done {
 pub(super) struct Env<'a> {
     pub net: &'a Net,
     pub nodes: usize,
+    /// The longest an application takes to drop a lost lease (ns).
+    pub drop_within: u64,
 }
 
 /// One node's events of one window, with the events it schedules for itself inside it.
@@ -64,7 +66,7 @@ pub(super) struct NodeRun<'a> {
     /// The node.
     pub(super) i: u32,
     pub(super) slot: &'a mut Slot,
-    env: &'a Env<'a>,
+    pub(super) env: &'a Env<'a>,
     window_end: u64,
     queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
     evs: Vec<Option<Ev>>,

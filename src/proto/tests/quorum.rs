@@ -263,3 +263,24 @@ fn zero_members_is_refused() {
         ConfigError::QuorumMembers
     );
 }
+
+#[test]
+fn restarted_acceptors_renew_a_standing_tenure() {
+    let mut f = quorum_fleet(5, 5);
+    let holder: usize = f.holders("echo")[0][1..].parse().unwrap();
+    let others: Vec<usize> = (0..5).filter(|&i| i != holder).collect();
+    let wait = f.node(0).cfg.quorum_margins().start_wait;
+    // Three of the four others restart, one after the other, each a new process that
+    // knows nothing of the promise it made but the holder's record.
+    for (k, &v) in others[..3].iter().enumerate() {
+        let now = f.now;
+        f.node(v).leave(now);
+        f.flush(addr(v));
+        f.run_for(Duration::from_millis(500));
+        f.start(v, 5000 + k as u64, &[0, 1, 2]);
+        f.obtain_all(v..v + 1, "echo", 1);
+        f.run_for(wait + Duration::from_secs(1));
+    }
+    assert!(losses(&f, holder).is_empty(), "{:?}", losses(&f, holder));
+    assert_eq!(acquisitions(&f, holder).len(), 1);
+}
