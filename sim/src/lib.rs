@@ -135,6 +135,13 @@ impl Percentiles {
     }
 }
 
+/// A run's individual measurements, ms.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Samples {
+    pub failover_ms: Vec<u64>,
+    pub majority_failover_ms: Vec<u64>,
+}
+
 /// What a run measured.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Metrics {
@@ -142,6 +149,8 @@ pub struct Metrics {
     /// Quorum mode: from a partition that left a holder outside the majority group to the
     /// majority side's acquisition.
     pub majority_failover_ms: Percentiles,
+    /// Every failover and majority-side failover of the run, ms (to pool over seeds).
+    pub samples: Samples,
     pub heal_convergence_ms: Option<u64>,
     pub boot_convergence_ms: Option<u64>,
     pub handoff_ms: Percentiles,
@@ -163,6 +172,8 @@ pub struct Metrics {
 pub struct Report {
     pub seed: u64,
     pub scenario: Scenario,
+    /// `available` or `quorum`.
+    pub safety: &'static str,
     pub nodes: usize,
     pub sim_seconds: f64,
     pub wall_seconds: f64,
@@ -227,6 +238,7 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
     Report {
         seed: config.seed,
         scenario: config.scenario,
+        safety: if config.quorum { "quorum" } else { "available" },
         nodes: config.nodes,
         sim_seconds,
         wall_seconds: started.elapsed().as_secs_f64(),
@@ -236,6 +248,15 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
         metrics: Metrics {
             failover_ms: Percentiles::of(&w.checks.failovers),
             majority_failover_ms: Percentiles::of(&w.checks.majority_failovers),
+            samples: Samples {
+                failover_ms: w.checks.failovers.iter().map(|ns| ns / MS).collect(),
+                majority_failover_ms: w
+                    .checks
+                    .majority_failovers
+                    .iter()
+                    .map(|ns| ns / MS)
+                    .collect(),
+            },
             heal_convergence_ms: w.checks.heal_convergence_ms,
             boot_convergence_ms: w.checks.boot_convergence_ms,
             handoff_ms: Percentiles::of(&w.checks.handoffs),

@@ -165,9 +165,10 @@ fn print_report(report: &sim::Report, json: bool) {
     }
     let m = &report.metrics;
     println!(
-        "seed {} {} nodes {} sim {:.0}s wall {:.2}s events {} trace {} checks {}",
+        "seed {} {} {} nodes {} sim {:.0}s wall {:.2}s events {} trace {} checks {}",
         report.seed,
         report.scenario.name(),
+        report.safety,
         report.nodes,
         report.sim_seconds,
         report.wall_seconds,
@@ -184,6 +185,12 @@ fn print_report(report: &sim::Report, json: bool) {
         m.handoff_ms.p99,
         m.heal_convergence_ms
     );
+    if m.majority_failover_ms.p50.is_some() {
+        println!(
+            "  majority-side failover p50/p99/max {:?}/{:?}/{:?} ms",
+            m.majority_failover_ms.p50, m.majority_failover_ms.p99, m.majority_failover_ms.max
+        );
+    }
     println!(
         "  ownership changes {}, false downs {}, dropped by partition {}, {:.0} B/node/s",
         m.ownership_changes, m.false_downs, m.dropped_by_partition, m.bytes_per_node_per_s
