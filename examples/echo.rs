@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use gossip_election::{Alone, Keyring, Node, Plaintext, Seed};
+use gossip_election::{Alone, Keyring, Node, Plaintext, Safety, Seed};
 
 #[derive(Parser, Debug)]
 #[command(about = "One worker that runs `echo` while it holds a ticket")]
@@ -48,6 +48,9 @@ struct Args {
     /// Whether to run alone when nobody is reachable: `never`, or after a duration (3s).
     #[arg(long)]
     alone: Option<Alone>,
+    /// Quorum mode with a fleet of M workers: hold `echo` only with a majority of them.
+    #[arg(long, value_name = "M")]
+    quorum: Option<u16>,
     /// With keys, how to treat plaintext while a fleet turns keys on: `send` (send
     /// plaintext, accept both), `accept` (send sealed, accept both), `refuse`.
     #[arg(long, default_value = "refuse")]
@@ -89,6 +92,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(alone) = args.alone {
         builder = builder.alone(alone);
+    }
+    if let Some(members) = args.quorum {
+        builder = builder.safety(Safety::Quorum { members });
     }
     if let Some(debug) = args.debug_addr {
         builder = builder.debug_addr(debug);

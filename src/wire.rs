@@ -112,18 +112,19 @@ pub enum Message {
         slot: u16,
         /// The round answered.
         round: u64,
+        /// The asking process's boot, echoed: an answer to an earlier process is ignored.
+        boot: u64,
         /// Whether the promise was made (or renewed).
         granted: bool,
-        /// The highest term of the resource the answering node knows.
+        /// The highest term of the slot the answering node knows.
         term: u64,
-        /// The answering node's name: a majority counts names.
-        name: String,
         /// Refused because the slot is promised to this node: ask for another slot while
         /// it holds this one.
         taken_by: Option<SocketAddr>,
     },
     /// Quorum mode: the sender's process `boot` gave slot `slot` of `resource` up (its
-    /// application dropped the lease): promises to it end now.
+    /// application dropped the lease of tenure `term`), or its round `round` failed: the
+    /// promise made to that tenure or in that round ends now.
     Unpromise {
         /// The resource.
         resource: String,
@@ -131,6 +132,11 @@ pub enum Message {
         slot: u16,
         /// The process that gave it up.
         boot: u64,
+        /// The tenure given up.
+        term: u64,
+        /// The failed round, when it is one (then only a promise that round made or last
+        /// renewed ends).
+        round: Option<u64>,
     },
 }
 

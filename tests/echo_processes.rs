@@ -38,7 +38,12 @@ struct Worker {
 }
 
 fn spawn(i: usize, addrs: &[SocketAddr], tickets: u16) -> Worker {
+    spawn_with(i, addrs, tickets, &[])
+}
+
+fn spawn_with(i: usize, addrs: &[SocketAddr], tickets: u16, extra: &[&str]) -> Worker {
     let mut cmd = Command::new(echo_binary());
+    cmd.args(extra);
     cmd.arg("--name")
         .arg(format!("w{i}"))
         .arg("--bind")
@@ -170,4 +175,37 @@ async fn echo_processes_two_tickets_keep_two_printers() {
     for w in &mut workers {
         let _ = w.child.start_kill();
     }
+}
+
+/// Quorum mode: the holder of three workers loses both others (kill -9) and, left without
+/// a majority, stops printing and stays stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_processes_in_quorum_mode_stop_a_holder_without_a_majority() {
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|i| spawn_with(i, &addrs, 1, &["--quorum", "3"]))
+        .collect();
+    let holder = settle(&workers, &[0, 1, 2], 1).await[0];
+    for (i, w) in workers.iter_mut().enumerate() {
+        if i != holder {
+            w.child.start_kill().unwrap();
+            w.child.wait().await.unwrap();
+        }
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let before = counts(&workers)[holder];
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if counts(&workers)[holder] == before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the holder kept printing without a majority"
+        );
+    }
+    let stopped = counts(&workers)[holder];
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(counts(&workers)[holder], stopped, "it printed again");
+    let _ = workers[holder].child.start_kill();
 }

@@ -100,6 +100,8 @@ struct Net {
     workers: Vec<Option<Worker>>,
     /// Holds the key files: `fleet.key` (every node's) and `other.key`.
     keys: std::path::PathBuf,
+    /// More arguments for every echo started.
+    args: Vec<String>,
 }
 
 impl Net {
@@ -113,6 +115,7 @@ impl Net {
             prefix,
             workers: Vec::new(),
             keys,
+            args: Vec::new(),
         };
         let br = net.ns_bridge();
         sh(&["ip", "netns", "add", &br]);
@@ -177,6 +180,7 @@ impl Net {
             .args(["--interval", "100ms"])
             .arg("--key-file")
             .arg(self.keys.join(key))
+            .args(&self.args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -374,6 +378,37 @@ fn halves_elect_on_both_sides_and_the_heal_leaves_one_owner() {
         "halves_elect_on_both_sides_and_the_heal_leaves_one_owner",
         start,
     );
+}
+
+#[test]
+fn quorum_mode_runs_the_job_on_the_majority_side_only() {
+    if !available("quorum_mode_runs_the_job_on_the_majority_side_only") {
+        return;
+    }
+    let start = Instant::now();
+    let mut net = Net::new("quorum");
+    net.args = vec!["--quorum".into(), NODES.to_string()];
+    net.start_all();
+    let owner = net.one_owner("one owner before the partition");
+    // The owner and one other apart from the other three (a majority of five).
+    let other = (1..=NODES).find(|i| *i != owner).unwrap();
+    let minority = [owner, other];
+    let majority: Vec<usize> = (1..=NODES).filter(|i| !minority.contains(i)).collect();
+    net.partition(&minority, &majority, true);
+    // Sampled every 100 ms for 20 s: never two printing within 300 ms of each other.
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_millis(100));
+        let printing = net.printing(Duration::from_millis(300));
+        assert!(printing.len() <= 1, "two run the job at once: {printing:?}");
+    }
+    let now = net.printing(Duration::from_secs(1));
+    assert!(
+        now.len() == 1 && majority.contains(&now[0]),
+        "the majority side does not run it: {now:?}"
+    );
+    net.partition(&minority, &majority, false);
+    net.one_owner("one owner after the heal");
+    took("quorum_mode_runs_the_job_on_the_majority_side_only", start);
 }
 
 #[test]

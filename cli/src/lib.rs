@@ -88,6 +88,11 @@ pub struct RunArgs {
     /// connected; give tickets up on losing every member), or after a duration.
     #[arg(long, env = "GOSSIP_ELECTION_ALONE", default_value = "3s")]
     pub alone: Alone,
+    /// Quorum mode with a fleet of M workers: run the command only while a majority of
+    /// them promise the ticket, so it never runs on both sides of a partition. The child
+    /// must stop within --grace (below --handoff-timeout) when told.
+    #[arg(long, env = "GOSSIP_ELECTION_QUORUM", value_name = "M", value_parser = clap::value_parser!(u16).range(1..))]
+    pub quorum: Option<u16>,
     /// Serve the debug endpoint (dashboard, JSON, events, metrics) here.
     #[arg(long, env = "GOSSIP_ELECTION_DEBUG_ADDR")]
     pub debug_addr: Option<SocketAddr>,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use gossip_election::{
     Candidacy, CommandError, Error, KeyFileError, Keyring, LostReason, Node, NodeState, Plaintext,
-    Seed,
+    Safety, Seed,
 };
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::Instant;
@@ -100,6 +100,9 @@ async fn start(args: &RunArgs) -> Result<Node, Exit> {
         // The node's own step-down back-off is the sidecar's first one.
         .step_down_backoff(args.backoff)
         .alone(args.alone);
+    if let Some(members) = args.quorum {
+        builder = builder.safety(Safety::Quorum { members });
+    }
     if let Some(advertise) = &args.advertise {
         builder = builder.advertise(resolve_advertise(advertise, args.bind).await?);
     }

@@ -52,6 +52,9 @@ pub(crate) struct Slot {
     pub alone: bool,
     /// Leaving gracefully: start again this long (ns) after it has left.
     pub(crate) restart_after_leave: Option<u64>,
+    /// Quorum mode: the fleet size this node's next process starts with (the plan's
+    /// fleet size when None).
+    pub(crate) members: Option<u16>,
     /// The view fingerprint the checkers last heard of (set as the world hands them the
     /// node's view changes, in `(time, node)` order).
     pub fp: u64,
@@ -119,6 +122,7 @@ impl Slots {
                 ever_active: false,
                 alone: false,
                 restart_after_leave: None,
+                members: None,
                 fp: 0,
                 fp_out: 0,
                 links: links(i),

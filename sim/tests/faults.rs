@@ -107,3 +107,22 @@ fn a_fleet_of_three_at_ten_percent_loss_declares_no_live_member_down() {
         );
     }
 }
+
+/// `resize` in quorum mode changes the fleet's size by the documented procedure: the
+/// last node leaves, the others restart with M - 1 one at a time, then with M again, and
+/// the last node comes back. Holders stay within tickets fleet-wide throughout (every
+/// acquisition is judged), and each step keeps a holder: the fleet ran on after each.
+#[test]
+fn resizing_a_quorum_fleet_by_the_procedure_keeps_the_fleet_wide_bound() {
+    for (nodes, seed) in [(5, 1), (7, 2)] {
+        let mut config = RunConfig::new(seed, nodes, Scenario::Resize);
+        config.quorum = true;
+        config.duration = 300 * S;
+        let report = run(&config, None);
+        common::assert_clean(&report, "resize");
+        assert!(
+            report.effects.leaving_holders > 0,
+            "{nodes} nodes: no restart hit a holder"
+        );
+    }
+}

@@ -443,6 +443,19 @@ fn render_metrics(s: &Snapshot) -> String {
         members,
     );
 
+    let node_state = Family::<Labels, Gauge>::default();
+    for state in crate::NodeState::ALL {
+        let on = s.node.state == state.as_str();
+        node_state
+            .get_or_create(&label("state", state.as_str()))
+            .set(i64::from(on));
+    }
+    registry.register(
+        "node_state",
+        "1 for the state this node is in (no-quorum: quorum mode, no majority live), 0 for the others",
+        node_state,
+    );
+
     let owned = Gauge::<i64>::default();
     owned.set(s.owned as i64);
     registry.register(
@@ -468,6 +481,11 @@ fn render_metrics(s: &Snapshot) -> String {
         "ready_escapes",
         "Times this node became ready while records it could not get were missing",
         counter(st.ready_escapes),
+    );
+    registry.register(
+        "fences",
+        "Quorum mode: tickets given up because no majority renewed the promises in time",
+        counter(st.fences),
     );
     registry.register(
         "view_changes",

@@ -28,6 +28,17 @@ pub enum NodeState {
 }
 
 impl NodeState {
+    /// Every state, in declaration order.
+    pub const ALL: [NodeState; 7] = [
+        NodeState::Joining,
+        NodeState::Active,
+        NodeState::Alone,
+        NodeState::Leaving,
+        NodeState::Left,
+        NodeState::Superseded,
+        NodeState::NoQuorum,
+    ];
+
     /// The lowercase name used in logs and the debug endpoint.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -418,12 +418,11 @@ impl Core {
             LeaseState::Held { lease, .. } | LeaseState::Lost { lease } => lease,
         };
         claim.lease = LeaseState::Idle;
-        let slot = claim.quorum.slot;
         claim.quorum.fence_at = None;
         // Quorum mode: the application dropped the lease, so the promises may end now. A
         // forced yield lets them run out instead: the application may still be stopping.
         if !forced {
-            self.unpromise(now, resource, slot);
+            self.unpromise(resource);
         }
         let Some(claim) = self.leases.claims.get_mut(resource) else {
             return;
@@ -659,8 +658,8 @@ impl Core {
         };
         // One above every term this node knows of: a successor that saw its
         // predecessor's term (or a record naming it) fences it off.
-        let term = term.unwrap_or(claim.known_term.max(seen) + 1);
-        claim.known_term = term;
+        let term = term.unwrap_or(claim.known_term.max(seen).saturating_add(1));
+        claim.known_term = claim.known_term.max(term);
         claim.lease = LeaseState::Held {
             lease,
             since: now,

@@ -15,6 +15,9 @@ pub const MS: u64 = 1_000_000;
 /// Nanoseconds.
 pub const S: u64 = 1_000_000_000;
 
+/// A `Leave`'s `restart_after` for a node that leaves for good (until the final heal).
+pub const RETIRE: u64 = u64::MAX;
+
 /// The named scenarios.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -67,11 +70,16 @@ pub enum Scenario {
     Churn,
     /// A random mix of faults, network and workload, drawn per seed.
     Swarm,
+    /// The fleet shrinks by one node and grows back by quorum mode's procedure: the last
+    /// node leaves for good, every other node restarts with M - 1, one every 12 s; then
+    /// every node restarts with M again, and the last node starts. (In available mode,
+    /// rolling restarts with one node out.)
+    Resize,
 }
 
 impl Scenario {
     /// Every scenario, in CLI order.
-    pub const ALL: [Scenario; 16] = [
+    pub const ALL: [Scenario; 17] = [
         Scenario::Steady,
         Scenario::CrashOwner,
         Scenario::CrashOwnerRestarting,
@@ -88,6 +96,7 @@ impl Scenario {
         Scenario::Reschedule,
         Scenario::Churn,
         Scenario::Swarm,
+        Scenario::Resize,
     ];
 
     /// The CLI name.
@@ -109,6 +118,7 @@ impl Scenario {
             Scenario::Reschedule => "reschedule",
             Scenario::Churn => "churn",
             Scenario::Swarm => "swarm",
+            Scenario::Resize => "resize",
         }
     }
 
@@ -176,6 +186,8 @@ pub enum Fault {
     PauseHolder { resource: usize, duration: u64 },
     /// Set a node's clock-rate drift.
     Drift { node: u32, rate: f64 },
+    /// Quorum mode: the fleet size the node's next process starts with.
+    SetMembers { node: u32, members: u16 },
     /// Extra loss on every link until the next `LossBurstEnd`.
     LossBurst(f64),
     /// End of a loss burst.

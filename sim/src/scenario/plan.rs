@@ -5,7 +5,7 @@ use gossip_election::proto::{CoreConfig, MAX_DRIFT, QuorumMargins};
 use rand::RngExt;
 use rand::rngs::Xoshiro256PlusPlus;
 
-use super::{Fault, MS, Plan, PlanInput, S, Scenario};
+use super::{Fault, MS, Plan, PlanInput, RETIRE, S, Scenario};
 use crate::net::Partition;
 
 fn pick(rng: &mut Xoshiro256PlusPlus, n: usize) -> u32 {
@@ -260,6 +260,43 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                 i = (i + 1) % n;
                 t += 5 * S;
             }
+        }
+        Scenario::Resize => {
+            kinds.push("leave");
+            let last = (n - 1) as u32;
+            let smaller = (n - 1) as u16;
+            let mut t = c0;
+            faults.push((
+                t,
+                Fault::Leave {
+                    node: last,
+                    restart_after: RETIRE,
+                },
+            ));
+            // One step at a time: the restarted node promises nothing for its start wait.
+            let step = 12 * S;
+            for members in [smaller, smaller + 1] {
+                for i in 0..last {
+                    t += step;
+                    faults.push((t, Fault::SetMembers { node: i, members }));
+                    faults.push((
+                        t,
+                        Fault::Leave {
+                            node: i,
+                            restart_after: 500 * MS,
+                        },
+                    ));
+                }
+            }
+            t += step;
+            faults.push((
+                t,
+                Fault::SetMembers {
+                    node: last,
+                    members: smaller + 1,
+                },
+            ));
+            faults.push((t, Fault::Restart(last)));
         }
         Scenario::Churn => {
             kinds.push("churn");

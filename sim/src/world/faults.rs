@@ -181,6 +181,9 @@ impl World {
                 self.checks.heal(now, false);
             }
             Fault::Pause { node, duration } => self.pause(node, duration),
+            Fault::SetMembers { node, members } => {
+                self.nodes[node as usize].members = Some(members);
+            }
             Fault::PauseHolder { resource, duration } => {
                 if let Some(i) = self.holder_of(resource) {
                     self.checks.effects.paused_holders += 1;

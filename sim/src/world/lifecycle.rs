@@ -10,7 +10,7 @@ use super::app::resource_name;
 use super::runner::{Env, NodeRun};
 use super::{Ev, World, splitmix64};
 use crate::net::Partition;
-use crate::scenario::{Fault, MS};
+use crate::scenario::{Fault, MS, RETIRE};
 use crate::slots::{FIRST_PORT, addr_at};
 
 impl World {
@@ -49,8 +49,9 @@ impl World {
         cfg.rng_seed = splitmix64(self.seed ^ splitmix64(u64::from(i) << 20 ^ slot.boot));
         cfg.plant(self.bugs);
         if self.plan.quorum.is_some() {
+            let fleet = u16::try_from(self.plan.nodes).unwrap_or(u16::MAX);
             cfg.safety = Safety::Quorum {
-                members: u16::try_from(self.plan.nodes).unwrap_or(u16::MAX),
+                members: slot.members.unwrap_or(fleet),
             };
         }
         let local = Duration::from_nanos(slot.local(now));
@@ -116,7 +117,8 @@ impl World {
         self.after_core(node);
     }
 
-    /// Node `i` has left gracefully: its process exits, and starts again if planned.
+    /// Node `i` has left gracefully: its process exits, and starts again if planned (not
+    /// after [`RETIRE`]).
     pub(super) fn left(&mut self, i: u32) {
         let restart_after = self.nodes[i as usize].restart_after_leave;
         if !self.drop_instance(i) {
@@ -127,7 +129,7 @@ impl World {
         for r in 0..self.truth.holders.len() {
             self.release(i, r);
         }
-        if let Some(after) = restart_after {
+        if let Some(after) = restart_after.filter(|a| *a != RETIRE) {
             self.push(self.now + after, Ev::Fault(Fault::Restart(i)));
         }
     }

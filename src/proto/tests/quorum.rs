@@ -284,3 +284,67 @@ fn restarted_acceptors_renew_a_standing_tenure() {
     assert!(losses(&f, holder).is_empty(), "{:?}", losses(&f, holder));
     assert_eq!(acquisitions(&f, holder).len(), 1);
 }
+
+#[test]
+fn a_late_or_stale_release_does_not_end_a_standing_promise() {
+    let mut f = quorum_fleet(3, 3);
+    let holder: usize = f.holders("echo")[0][1..].parse().unwrap();
+    let acceptor = (holder + 1) % 3;
+    let now = f.now;
+    let (to, term) = f.node(acceptor).promised_to(now, "echo", 0).unwrap();
+    assert_eq!(to, addr(holder));
+    let boot = f.node(holder).id().boot();
+    let release = |term, round| {
+        crate::wire::encode(&Message::Unpromise {
+            resource: "echo".into(),
+            slot: 0,
+            boot,
+            term,
+            round,
+        })
+    };
+    // The release of a failed round long gone (round 0 acquired; renewals came since), of
+    // another tenure, and of another process at the holder's address: none ends it.
+    let other_process = crate::wire::encode(&Message::Unpromise {
+        resource: "echo".into(),
+        slot: 0,
+        boot: boot + 1,
+        term,
+        round: None,
+    });
+    for stale in [
+        release(term, Some(0)),
+        release(term + 1, None),
+        other_process,
+    ] {
+        f.node(acceptor).handle_datagram(now, addr(holder), &stale);
+    }
+    assert_eq!(
+        f.node(acceptor).promised_to(now, "echo", 0),
+        Some((addr(holder), term))
+    );
+    // The tenure's own release does.
+    f.node(acceptor)
+        .handle_datagram(now, addr(holder), &release(term, None));
+    assert_eq!(f.node(acceptor).promised_to(now, "echo", 0), None);
+}
+
+#[test]
+fn a_promise_for_an_absurd_term_is_dropped_and_counted() {
+    let mut f = quorum_fleet(3, 3);
+    let now = f.now;
+    let boot = f.node(2).id().boot();
+    let absurd = crate::wire::encode(&Message::Promise {
+        resource: "echo".into(),
+        slot: 0,
+        round: 7,
+        term: u64::MAX,
+        boot,
+        renew: false,
+    });
+    let before = f.node(0).stats().dropped.get(&DropReason::Invalid).copied();
+    f.node(0).handle_datagram(now, addr(2), &absurd);
+    let after = f.node(0).stats().dropped.get(&DropReason::Invalid).copied();
+    assert_eq!(after.unwrap_or(0), before.unwrap_or(0) + 1);
+    assert!(f.node(0).poll_transmit().is_none(), "it answered");
+}
