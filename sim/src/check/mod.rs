@@ -383,6 +383,8 @@ impl Checks {
     /// A planned move by `node`: one close after another node's is a fault (see
     /// [`CONCURRENT_MOVES`]).
     pub fn planned_move(&mut self, at: u64, node: u32) {
+        // Q3 counts on the nodes up at the partition.
+        self.pending_majority.iter_mut().for_each(|p| *p = None);
         if self
             .last_move
             .is_some_and(|(t, other)| other != node && at < t + CONCURRENT_MOVES)

@@ -236,12 +236,23 @@ impl Checks {
 
     /// Q3: a partition cut the network into `groups`; a resource whose holders are all
     /// outside the group with a majority of the fleet's nodes (and that has a candidate
-    /// inside it) must be acquired there within the bound. Only on a stable network (as L2).
+    /// inside it) must be acquired there within the bound. Only on a stable network (as
+    /// L2), and only when no node of the group is within its start wait (it promises
+    /// nothing yet); a leave or a crash meanwhile cancels it.
     pub(crate) fn partitioned(&mut self, fleet: &Fleet) {
         let Partition::Groups(groups) = fleet.partition else {
             return;
         };
-        if self.quorum.is_none() || !self.stable_loss || self.ongoing {
+        let Some(margins) = self.quorum else {
+            return;
+        };
+        if !self.stable_loss || self.ongoing {
+            return;
+        }
+        let wait = margins.start_wait.as_nanos() as u64;
+        if (0..fleet.plan.nodes)
+            .any(|i| fleet.nodes[i].up() && fleet.nodes[i].started + wait > fleet.now)
+        {
             return;
         }
         let n = fleet.plan.nodes;
