@@ -688,9 +688,4 @@ impl Core {
             .filter(|p| p.until > now)
             .map(|p| (p.holder, p.term))
     }
-
-    /// What the promise bookkeeping holds: `(promises, slots with terms)`.
-    pub fn promises_kept(&self) -> (usize, usize) {
-        (self.quorum.promises.len(), self.quorum.terms.len())
-    }
 }
