@@ -138,6 +138,24 @@ pub enum Message {
         /// renewed ends).
         round: Option<u64>,
     },
+    /// "Are you alive?", from the next candidate in rank of a resource `target` holds (or
+    /// is desired for), once a probe period. An older process at the address ignores it.
+    HolderProbe {
+        /// Names the probe; the answer echoes it.
+        seq: u32,
+        /// The process probed.
+        target: NodeId,
+        /// The sender suspects `target` at this incarnation: refute it (foca's refutation).
+        suspected: Option<u16>,
+    },
+    /// The answer to a [`Message::HolderProbe`], with the sender's current incarnation (past
+    /// any suspicion the probe carried).
+    HolderAck {
+        /// The probe answered.
+        seq: u32,
+        /// The sender's foca incarnation.
+        incarnation: u16,
+    },
 }
 
 /// A decoded datagram.

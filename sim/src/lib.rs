@@ -55,6 +55,8 @@ pub struct RunConfig {
     pub threads: usize,
     /// Quorum mode, with the fleet's size as its members (`--safety quorum`).
     pub quorum: bool,
+    /// `Timing::successor_probes` (off: `--no-successor-probes`, to compare).
+    pub successor_probes: bool,
 }
 
 impl RunConfig {
@@ -73,6 +75,7 @@ impl RunConfig {
             progress: false,
             threads: 1,
             quorum: false,
+            successor_probes: true,
         }
     }
 
@@ -93,6 +96,9 @@ impl RunConfig {
         }
         if self.quorum {
             cmd.push_str(" --safety quorum");
+        }
+        if !self.successor_probes {
+            cmd.push_str(" --no-successor-probes");
         }
         let b = &self.bugs;
         for (on, name) in [
@@ -211,6 +217,7 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
     let mut w = world::World::new(plan, config.seed, config.bugs, trace);
     w.progress = config.progress;
     w.threads = config.threads;
+    w.successor_probes = config.successor_probes;
     w.run();
     let mut violations = std::mem::take(&mut w.checks.violations);
     if kinds.contains(&"partition")

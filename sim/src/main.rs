@@ -89,6 +89,9 @@ struct RunArgs {
     /// held to quorum mode's bounds).
     #[arg(long, value_enum, default_value_t = SafetyMode::Available)]
     safety: SafetyMode,
+    /// Turn the successor probes off (`Timing::successor_probes`), to compare.
+    #[arg(long)]
+    no_successor_probes: bool,
 }
 
 /// `--safety`.
@@ -134,6 +137,7 @@ impl RunArgs {
         config.latency = (self.latency.as_nanos() as u64).max(1000);
         config.tickets = self.tickets;
         config.quorum = self.safety == SafetyMode::Quorum;
+        config.successor_probes = !self.no_successor_probes;
         config.resources = self.resources;
         config.progress = self.progress;
         config.threads = self.threads.unwrap_or_else(|| {

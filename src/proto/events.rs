@@ -244,6 +244,9 @@ pub struct Stats {
     pub suspicions_refuted: u64,
     /// Quorum mode: tickets given up because no majority renewed its promises in time.
     pub fences: u64,
+    /// Holders this node suspected because they left a probe period of its successor
+    /// probes unanswered (see [`Timing::successor_probes`](super::Timing::successor_probes)).
+    pub successor_suspicions: u64,
     /// The last failover this node took part in: from when it first saw the previous
     /// holder suspected (or down) until it acquired.
     pub last_failover: Option<Duration>,

@@ -20,6 +20,10 @@ use super::{
 };
 use crate::wire;
 
+/// How many members a node must have declared down itself (and more than it heard of
+/// from others) before being declared down, for it to conclude it was the one cut off.
+const CUT_OFF_DOWNS: usize = 3;
+
 /// Foca membership and what this node remembers of members.
 pub(super) struct Membership {
     pub(super) foca: FocaInstance,
@@ -51,6 +55,17 @@ pub(super) struct Membership {
     pub(super) dormant: VecDeque<(Duration, SocketAddr, Option<u64>)>,
     /// How much the next boot raise adds (doubles with every raise).
     pub(super) boot_step: u64,
+    /// The timer token of the current foca instance, read off the timers it schedules: a
+    /// successor probe's suspicion schedules foca's own suspicion timer with it.
+    pub(super) timer_token: Option<foca::TimerToken>,
+    /// This node's foca incarnation, read off the packets it sends.
+    pub(super) own_incarnation: u16,
+    /// When members that did not say they were leaving went down within the last
+    /// [`REJOIN_WINDOW`](super::REJOIN_WINDOW), oldest first, and whether this node
+    /// declared each itself (its own suspicion ran out) or learnt it from others.
+    pub(super) downs: VecDeque<(Duration, SocketAddr, bool)>,
+    /// Set while one of this node's own suspicion timers runs in foca.
+    pub(super) declaring: bool,
 }
 
 impl Core {
@@ -80,14 +95,23 @@ impl Core {
             let mut progressed = false;
             while let Some((to, data)) = self.membership.runtime.to_send() {
                 progressed = true;
-                if self.is_turn_undead_to_live(&to, &data) {
-                    self.stats.suppressed_turn_undead += 1;
-                    continue;
+                let mut codec = PostcardCodec;
+                if let Ok(header) = Codec::<NodeId>::decode_header(&mut codec, &data[..]) {
+                    if header.src == *self.membership.foca.identity() {
+                        self.membership.own_incarnation = header.src_incarnation;
+                    }
+                    if self.is_turn_undead_to_live(&to, &header.message) {
+                        self.stats.suppressed_turn_undead += 1;
+                        continue;
+                    }
                 }
                 self.send(to.addr(), wire::encode_foca(&data));
             }
             while let Some((after, timer)) = self.membership.runtime.to_schedule() {
                 progressed = true;
+                if let Some(token) = timer_token(&timer) {
+                    self.membership.timer_token = Some(token);
+                }
                 let instance = self.membership.foca_instance;
                 self.schedule(now + after, CoreTimer::Foca { instance, timer });
             }
@@ -116,14 +140,14 @@ impl Core {
 
     /// foca sends `TurnUndead` when a suspicion expires even if the suspect refuted it;
     /// a live node then renews its identity for nothing. Suppress it for live members.
-    pub(super) fn is_turn_undead_to_live(&self, to: &NodeId, data: &[u8]) -> bool {
-        // The header first: a lookup in the member map costs more, and almost no packet
+    pub(super) fn is_turn_undead_to_live(
+        &self,
+        to: &NodeId,
+        message: &FocaMessage<NodeId>,
+    ) -> bool {
+        // The message first: a lookup in the member map costs more, and almost no packet
         // is a `TurnUndead`.
-        let mut codec = PostcardCodec;
-        matches!(
-            Codec::<NodeId>::decode_header(&mut codec, data),
-            Ok(header) if matches!(header.message, FocaMessage::TurnUndead)
-        ) && self.view.members.get(&to.addr()) == Some(to)
+        matches!(message, FocaMessage::TurnUndead) && self.view.members.get(&to.addr()) == Some(to)
     }
 
     pub(super) fn handle_notification(
@@ -140,6 +164,10 @@ impl Core {
                 debug!(member = %id.addr(), boot = id.boot(), "member down");
                 if self.view.members.get(&id.addr()) == Some(&id) {
                     self.member_gone(now, id);
+                    if !self.membership.last_gone_left {
+                        let own = self.membership.declaring;
+                        self.membership.downs.push_back((now, id.addr(), own));
+                    }
                     // A node whose packets may not get out has no standing to declare
                     // anyone down: its failed probes prove nothing of the member. The
                     // instance is rebuilt, so the down is never gossiped (it would reach
@@ -212,6 +240,14 @@ impl Core {
                     self.sync.view_confirmed = false;
                     self.conn.active_since = None;
                 }
+                if !again && self.cut_off(now) {
+                    info!(
+                        "declared down after declaring members down that nobody else did: this \
+                         node was cut off; rebuilding the membership instance"
+                    );
+                    self.rebuild_foca(now);
+                    return;
+                }
                 if again {
                     // Declared down again at once: the fleet refuses this identity (it
                     // knows a newer boot at this address, from before the clock stepped
@@ -256,6 +292,44 @@ impl Core {
         self.reindex(now, addr);
         self.events.push_back(Event::MemberDown(id));
         self.membership_changed();
+    }
+
+    /// Whether this node was most likely the one cut off: within the last
+    /// [`REJOIN_WINDOW`](super::REJOIN_WINDOW) it declared at least [`CUT_OFF_DOWNS`]
+    /// members down itself and heard of fewer downs from anyone else (in a partition
+    /// between groups, the downs of the other group reach a node from its own group).
+    ///
+    /// The downs such a node declared are false, and still queued in its membership
+    /// instance; gossiped once the cut heals, or answered with `TurnUndead` when those
+    /// members speak to it, they would make every live member they name rejoin. It starts
+    /// a clean instance instead (see [`Core::rebuild_foca`]), which forgets them.
+    pub(super) fn cut_off(&mut self, now: Duration) -> bool {
+        let window = super::REJOIN_WINDOW;
+        let downs = &mut self.membership.downs;
+        while downs.front().is_some_and(|(t, _, _)| *t + window < now) {
+            downs.pop_front();
+        }
+        let own = downs.iter().filter(|(_, _, own)| *own).count();
+        own >= CUT_OFF_DOWNS && own > downs.len() - own
+    }
+
+    /// A foca packet from `from`, which is not a live member here: if this node declared
+    /// it down itself and was most likely the one cut off, it rebuilds its membership
+    /// instance before the packet is handled (see [`Core::cut_off`]).
+    pub(super) fn heard_from_the_declared_down(&mut self, now: Duration, from: SocketAddr) {
+        let declared = self
+            .membership
+            .downs
+            .iter()
+            .any(|(_, addr, own)| *own && *addr == from);
+        if declared && !self.leaving && self.cut_off(now) {
+            info!(
+                member = %from,
+                "a member this node declared down speaks to it, and nobody else declared \
+                 members down: this node was cut off; rebuilding the membership instance"
+            );
+            self.rebuild_foca(now);
+        }
     }
 
     /// Forgets the records of members down for [`DORMANT_FOR`].
@@ -335,6 +409,7 @@ impl Core {
 
     pub(super) fn rebuild_foca(&mut self, now: Duration) {
         self.stats.rebuilds += 1;
+        self.membership.downs.clear();
         let renewed = self.id.renewed();
         self.id = renewed;
         self.membership.foca_instance = self.membership.foca_instance.wrapping_add(1);
@@ -346,6 +421,8 @@ impl Core {
             self.membership.foca_cluster_size,
         );
         self.membership.runtime = AccumulatingRuntime::new();
+        self.membership.timer_token = None;
+        self.membership.own_incarnation = 0;
         self.disconnected(now);
         self.conn.active_since = None;
         self.sync.view_confirmed = false;
@@ -442,5 +519,19 @@ impl Core {
             self.insert_member(id);
             self.reindex(now, id.addr());
         }
+    }
+}
+
+/// The token a foca timer carries, if it carries one.
+fn timer_token(timer: &Timer<NodeId>) -> Option<foca::TimerToken> {
+    match timer {
+        Timer::SendIndirectProbe { token, .. } | Timer::ChangeSuspectToDown { token, .. } => {
+            Some(*token)
+        }
+        Timer::ProbeRandomMember(token)
+        | Timer::PeriodicAnnounce(token)
+        | Timer::PeriodicGossip(token)
+        | Timer::PeriodicAnnounceDown(token) => Some(*token),
+        Timer::RemoveDown(_) => None,
     }
 }

@@ -28,6 +28,7 @@
 //! | `publish` | this node's own record |
 //! | `lease` | the resources it competes for: claims, acquisitions, yields, leave |
 //! | `quorum` | quorum mode: promises asked for, made, renewed and released; self-fencing |
+//! | `successor` | the next candidate in rank probing a resource's holders every probe period |
 //! | `timers` | the timer queue and what each timer does |
 //! | `inspect` | the read-only accessors |
 //! | `events`, `timing`, `identity` | the public types: events, configuration, identities |
@@ -41,6 +42,7 @@ mod publish;
 mod quorum;
 mod repair;
 mod store;
+mod successor;
 mod timers;
 mod timing;
 mod view;
@@ -75,7 +77,7 @@ use view::View;
 type FocaInstance = Foca<NodeId, PostcardCodec, Xoshiro256PlusPlus, RecordHandler>;
 
 /// How far back losses of every member count towards the candidacy bar.
-const REJOIN_WINDOW: Duration = Duration::from_secs(120);
+pub(super) const REJOIN_WINDOW: Duration = Duration::from_secs(120);
 /// The longest candidacy bar.
 const REJOIN_BAR_MAX: Duration = Duration::from_secs(120);
 
@@ -116,6 +118,8 @@ pub struct Core {
     timers: timers::Timers,
     /// Quorum mode: the promises this node made.
     quorum: quorum::Acceptor,
+    /// The holders this node probes as the next candidate in rank.
+    successor: successor::SuccessorProbes,
 }
 
 // A core moves between threads (the simulator runs nodes on worker threads).
@@ -182,6 +186,10 @@ impl Core {
                 last_rejoin: None,
                 dormant: VecDeque::new(),
                 boot_step: 1,
+                timer_token: None,
+                own_incarnation: 0,
+                downs: VecDeque::new(),
+                declaring: false,
             },
             conn: connection::Connection {
                 active: false,
@@ -218,6 +226,7 @@ impl Core {
                 alone_check_at: None,
             },
             quorum: quorum::Acceptor::default(),
+            successor: successor::SuccessorProbes::default(),
             cfg,
         };
         core.publish_record(now);
@@ -301,6 +310,9 @@ impl Core {
                 if self.names_absurd_boot(now, packet) {
                     self.drop_datagram(from, DropReason::Identity);
                     return;
+                }
+                if !self.view.members.contains_key(&from) && !self.membership.downs.is_empty() {
+                    self.heard_from_the_declared_down(now, from);
                 }
                 if let Err(err) = self
                     .membership
@@ -429,6 +441,14 @@ impl Core {
                 self.sync.reported.insert(from, (view, now));
                 self.answer_versions(now, from, buckets, &entries)
             }
+            Message::HolderProbe {
+                seq,
+                target,
+                suspected,
+            } => self.handle_holder_probe(now, from, (seq, target, suspected)),
+            Message::HolderAck { seq, incarnation } => {
+                self.handle_holder_ack(now, from, (seq, incarnation))
+            }
         }
     }
 
@@ -518,10 +538,13 @@ impl Core {
             self.scan_suspects(now);
         }
         let fingerprint = self.view.fingerprint();
-        if fingerprint != self.last_fingerprint {
+        let view_changed = fingerprint != self.last_fingerprint;
+        if view_changed {
             self.last_fingerprint = fingerprint;
             self.stats.view_changes += 1;
         }
+        let claims_touched =
+            view_changed || !self.leases.dirty.is_empty() || self.leases.evaluate_claims;
         // Lease rules, then the owner reports, until nothing changes.
         for _ in 0..4 {
             if self.leases.dirty.is_empty() && !self.leases.evaluate_claims {
@@ -549,6 +572,9 @@ impl Core {
             for addr in changed {
                 self.reindex(now, addr);
             }
+        }
+        if claims_touched {
+            self.update_successor_targets(now);
         }
     }
 

@@ -42,6 +42,7 @@ impl Core {
                     // foca forgets down members after `DORMANT_FOR`, seeds too: put a
                     // seed's placeholder back, so announces to down members keep trying it.
                     let forgot_seed = matches!(&timer, Timer::RemoveDown(id) if self.cfg.seeds.contains(&id.addr()));
+                    self.membership.declaring = matches!(timer, Timer::ChangeSuspectToDown { .. });
                     if let Err(err) = self
                         .membership
                         .foca
@@ -53,6 +54,7 @@ impl Core {
                         self.seed_placeholders(now);
                     }
                     self.drain_runtime(now);
+                    self.membership.declaring = false;
                 }
             }
             CoreTimer::Announce => {
@@ -137,6 +139,8 @@ impl Core {
             CoreTimer::QuorumRound { resource } => self.round_due(now, &resource),
             // `after_input`, which follows every timer, gives up what is due.
             CoreTimer::Fence { .. } => {}
+            CoreTimer::SuccessorTick => self.successor_tick(now),
+            CoreTimer::SuccessorResend => self.successor_resend(now),
         }
     }
 }
@@ -175,4 +179,8 @@ pub(super) enum CoreTimer {
     Fence {
         resource: String,
     },
+    /// A probe period of the successor probes.
+    SuccessorTick,
+    /// Unanswered successor probes are sent again.
+    SuccessorResend,
 }

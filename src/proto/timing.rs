@@ -33,6 +33,13 @@ pub struct Timing {
     pub anti_entropy_interval: Duration,
     /// Period of the pull of records a node lacks.
     pub repair_interval: Duration,
+    /// The next candidate in rank of a resource probes its holders itself, every
+    /// `probe_period`, and suspects a holder (through foca, which lets it refute) after one
+    /// period without an answer: a crashed holder is suspected within about one probe
+    /// period instead of whenever foca's round-robin reaches it, so failover no longer
+    /// waits for a random prober. Costs two small datagrams a probe period per watched
+    /// holder.
+    pub successor_probes: bool,
 }
 
 impl Timing {
@@ -50,6 +57,7 @@ impl Timing {
             announce_to_down_interval: Duration::from_secs(2),
             anti_entropy_interval: Duration::from_secs(1),
             repair_interval: Duration::from_millis(100),
+            successor_probes: true,
         }
     }
 

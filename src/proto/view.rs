@@ -534,6 +534,19 @@ impl View {
         }
     }
 
+    /// The first candidate of `resource` after the `tickets` desired ones (the one that
+    /// takes a ticket over when a desired candidate goes), if any.
+    pub fn successor(&self, resource: &str, tickets: u16) -> Option<SocketAddr> {
+        let ri = self.resources.get(resource)?;
+        ri.ranked
+            .iter()
+            .filter(|((_, _, addr), advertised)| {
+                **advertised == tickets && self.superseded(addr).is_none()
+            })
+            .nth(usize::from(tickets))
+            .map(|((_, _, addr), _)| *addr)
+    }
+
     /// Candidates of `resource` in rank order (all advertised tickets values).
     pub fn candidates(&self, resource: &str) -> Vec<SocketAddr> {
         self.resources

@@ -48,6 +48,7 @@ impl World {
         cfg.seeds = seeds;
         cfg.rng_seed = splitmix64(self.seed ^ splitmix64(u64::from(i) << 20 ^ slot.boot));
         cfg.plant(self.bugs);
+        cfg.timing.successor_probes = self.successor_probes;
         if self.plan.quorum.is_some() {
             let fleet = u16::try_from(self.plan.nodes).unwrap_or(u16::MAX);
             cfg.safety = Safety::Quorum {

@@ -177,6 +177,8 @@ pub struct World {
     pub(crate) progress: bool,
     /// Threads that simulate the nodes of one window (the trace does not depend on it).
     pub(crate) threads: usize,
+    /// `Timing::successor_probes` of every node.
+    pub(crate) successor_probes: bool,
 }
 
 impl World {
@@ -221,6 +223,7 @@ impl World {
             foca_bytes: 0,
             progress: false,
             threads: 1,
+            successor_probes: true,
             plan,
         };
         let stagger = world.plan.stagger * S;

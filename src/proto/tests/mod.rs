@@ -10,6 +10,7 @@ use super::*;
 mod hostile;
 mod liveness;
 mod quorum;
+mod successor;
 
 /// `(deliver at, sequence, from, to, datagram)`.
 type InFlight = (Duration, u64, SocketAddr, SocketAddr, Vec<u8>);
