@@ -56,7 +56,8 @@ pub enum HandoffKind {
     Leave,
     /// The holder's application withdrew.
     Withdraw,
-    /// A higher-ranked candidate became ready (a restarted node taking its ticket back).
+    /// A higher-ranked candidate displaced the holder: a restarted node taking its ticket
+    /// back once ready, or a node that obtained the resource again.
     TakeBack,
 }
 
