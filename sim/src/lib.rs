@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod check;
 pub mod net;
 pub mod scenario;
@@ -139,13 +140,55 @@ impl Percentiles {
             max: Some(at(1.0)),
         }
     }
+
+    /// Percentiles of samples already in ms (nearest rank, as [`Percentiles::of`]).
+    pub fn of_ms(ms: &[f64]) -> Self {
+        if ms.is_empty() {
+            return Percentiles::default();
+        }
+        let mut v = ms.to_vec();
+        v.sort_unstable_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Percentiles {
+            p50: Some(at(0.5)),
+            p99: Some(at(0.99)),
+            max: Some(at(1.0)),
+        }
+    }
 }
 
-/// A run's individual measurements, ms.
+/// A run's individual measurements, to pool over seeds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Samples {
+    /// From an owner crash on a healthy network to the next acquisition, ms.
     pub failover_ms: Vec<u64>,
     pub majority_failover_ms: Vec<u64>,
+    /// From a holder's yield after the boot to the next acquisition, by why it yielded,
+    /// ms (to the microsecond).
+    pub handoff_ms: HandoffSamples,
+    /// From each heal that removed a partition to agreement (L1's condition held for 3 s:
+    /// it counts from its first sample), ms. A heal followed by another fault before
+    /// agreement gives none.
+    pub heal_ms: Vec<u64>,
+}
+
+/// Handoff times by why the holder yielded, ms (to the microsecond). Yields for other
+/// reasons (superseded, isolated, no quorum) are in `handoff_ms` alone.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HandoffSamples {
+    /// The holder shut down gracefully.
+    pub leave: Vec<f64>,
+    /// The holder's application withdrew.
+    pub withdraw: Vec<f64>,
+    /// The holder yielded to a higher-ranked candidate that became ready: a restarted node
+    /// taking its ticket back (it waits for readiness, and the hold-off after it, by
+    /// design).
+    pub take_back: Vec<f64>,
+}
+
+/// Nanoseconds as ms, to the microsecond.
+fn ms_of(ns: &[u64]) -> Vec<f64> {
+    ns.iter().map(|t| (t / 1000) as f64 / 1000.0).collect()
 }
 
 /// What a run measured.
@@ -167,7 +210,14 @@ pub struct Metrics {
     /// Live members other than the cut-off node declared down (by the other nodes) within
     /// 5 s after a one-way cut healed.
     pub downs_after_cut: u64,
+    /// Members declared down while their process ran: by a partition, by loss, or while
+    /// paused (every declaration counts, by every node).
     pub false_downs: u64,
+    /// Pauses that froze a node.
+    pub pauses: u64,
+    /// Of those, the pauses whose node some node declared down while it was frozen or
+    /// within 2 s after it resumed (counted once per pause).
+    pub paused_declared_down: u64,
     pub dropped_by_partition: u64,
     pub bytes_per_node_per_s: f64,
     pub checks: u64,
@@ -241,6 +291,13 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
             detail: "no crash hit a holder".into(),
         });
     }
+    if config.scenario == Scenario::PauseHolder && w.checks.effects.paused_holders == 0 {
+        violations.push(Violation {
+            invariant: "coverage:pause-never-froze-a-holder".into(),
+            at_ms: w.now / MS,
+            detail: "no pause froze a holder".into(),
+        });
+    }
     let sim_seconds = config.duration as f64 / S as f64;
     Report {
         seed: config.seed,
@@ -263,6 +320,12 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
                     .iter()
                     .map(|ns| ns / MS)
                     .collect(),
+                handoff_ms: HandoffSamples {
+                    leave: ms_of(&w.checks.handoffs_by_kind.leave),
+                    withdraw: ms_of(&w.checks.handoffs_by_kind.withdraw),
+                    take_back: ms_of(&w.checks.handoffs_by_kind.take_back),
+                },
+                heal_ms: w.checks.partition_heals.clone(),
             },
             heal_convergence_ms: w.checks.heal_convergence_ms,
             boot_convergence_ms: w.checks.boot_convergence_ms,
@@ -271,6 +334,8 @@ pub fn run(config: &RunConfig, trace: Option<Box<dyn Write>>) -> Report {
             cut_acquisitions_max: w.checks.cut_acquisitions_max,
             downs_after_cut: w.checks.downs_after_cut,
             false_downs: w.checks.false_downs,
+            pauses: w.checks.pauses,
+            paused_declared_down: w.checks.paused_declared_down,
             dropped_by_partition: w.dropped_by_partition,
             bytes_per_node_per_s: w.bytes as f64 / config.nodes as f64 / sim_seconds,
             checks: w.checks.checks,

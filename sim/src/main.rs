@@ -1,4 +1,4 @@
-//! `sim run | sweep | replay | scenarios`: see docs/simulator.md.
+//! `sim run | sweep | replay | scenarios | bench`: see docs/simulator.md.
 
 #![forbid(unsafe_code)]
 
@@ -42,6 +42,19 @@ enum Command {
     },
     /// The scenarios, one name a line.
     Scenarios,
+    /// Failover, handoff, heal, pause and traffic figures over a matrix of fleet sizes
+    /// and loss, pooled over seeds (the default set takes about 10 minutes on 2 cores).
+    Bench {
+        /// One JSON object per row as its cell finishes, then a summary line.
+        #[arg(long)]
+        json: bool,
+        /// More seeds and longer runs, and every scenario at 1000 nodes and every loss.
+        #[arg(long)]
+        full: bool,
+        /// Runs at once, each on one thread (default: the machine's cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// A run again, with a JSON-lines trace.
     Replay {
         #[command(flatten)]
@@ -207,6 +220,84 @@ fn print_report(report: &sim::Report, json: bool) {
     }
 }
 
+/// `sim bench`: rows to stderr (JSON: to stdout) as cells finish, then the table and the
+/// commands that reproduce each cell.
+fn bench(json: bool, full: bool, threads: Option<usize>) -> ExitCode {
+    let threads = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    if threads == 0 {
+        eprintln!("error: --threads must be at least 1");
+        return ExitCode::from(2);
+    }
+    let runs: u64 = sim::bench::matrix(full).iter().map(|c| c.seeds).sum();
+    let mut finished = 0;
+    if !json {
+        eprintln!("{runs} runs on {threads} threads; rows as their cells finish:");
+        eprintln!("{}", sim::bench::header());
+    }
+    let (rows, summary) = sim::bench::bench_matrix(
+        full,
+        threads,
+        |cell, report| {
+            finished += 1;
+            eprintln!(
+                "  run {finished}/{runs}: {} {} nodes loss {} seed {} ({:.1} s wall){}",
+                cell.scenario.name(),
+                cell.nodes,
+                cell.loss,
+                report.seed,
+                report.wall_seconds,
+                if report.violations.is_empty() {
+                    String::new()
+                } else {
+                    format!("; VIOLATIONS, reproduce: {}", report.reproduce)
+                }
+            );
+        },
+        |rows| {
+            for row in rows {
+                if json {
+                    println!("{}", serde_json::to_string(row).expect("serializable"));
+                } else {
+                    eprintln!("{}", sim::bench::line(row));
+                }
+            }
+        },
+    );
+    if json {
+        println!("{}", serde_json::json!({ "summary": summary }));
+    } else {
+        println!("{}", sim::bench::header());
+        for row in &rows {
+            println!("{}", sim::bench::line(row));
+        }
+        println!(
+            "\n{} runs, {} rows, {} threads, {:.1} s wall, {} violations",
+            summary.runs, summary.rows, summary.threads, summary.wall_seconds, summary.violations
+        );
+        println!("\nreproduce (each cell's seeds, one after another):");
+        let mut last = String::new();
+        for row in &rows {
+            if row.reproduce != last {
+                println!(
+                    "  {} {} nodes {}%: {}",
+                    row.scenario.name(),
+                    row.nodes,
+                    row.loss * 100.0,
+                    row.reproduce
+                );
+                last.clone_from(&row.reproduce);
+            }
+        }
+    }
+    if summary.violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 /// Whole fleets allocate and free packets and records on two threads; glibc's allocator
 /// spent a fifth of a 1000-node run consolidating chunks freed on the other thread.
 #[global_allocator]
@@ -238,6 +329,11 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+        Command::Bench {
+            json,
+            full,
+            threads,
+        } => bench(json, full, threads),
         Command::Scenarios => {
             for scenario in Scenario::ALL {
                 println!("{}", scenario.name());

@@ -119,6 +119,9 @@ impl Checks {
                 Ok(()) => {
                     let since = self.converged_since.take().unwrap_or(now);
                     let took = (since - from) / MS;
+                    if phase != Phase::Boot && self.healing_partition {
+                        self.partition_heals.push(took);
+                    }
                     match phase {
                         Phase::Boot => self.boot_convergence_ms = Some(took),
                         Phase::Heal => self.heal_convergences.push(took),

@@ -13,6 +13,7 @@ mod ownership;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use gossip_election::proto::LostReason;
 use serde::Serialize;
 
 use crate::net::Partition;
@@ -43,6 +44,39 @@ pub const CUT_WINDOW: u64 = 60 * S;
 pub const STALE_WINDOW: u64 = 5 * S;
 /// H1's bound.
 pub const ACTIVE_WITHIN: u64 = 15 * S;
+/// How long after a paused node resumes a down declaration of it still counts as caused by
+/// the pause: a suspicion raised while it was frozen turns into a down within the LAN
+/// profile's suspicion (1 s) unless its refutation gets there first.
+pub const PAUSE_DOWN_WINDOW: u64 = 2 * S;
+
+/// Why a holder yielded the ticket a handoff measures from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandoffKind {
+    /// The holder shut down gracefully.
+    Leave,
+    /// The holder's application withdrew.
+    Withdraw,
+    /// A higher-ranked candidate displaced the holder: a restarted node taking its ticket
+    /// back once ready, or a node that obtained the resource again.
+    TakeBack,
+}
+
+/// Handoff times by why the holder yielded, ns.
+#[derive(Clone, Debug, Default)]
+pub struct Handoffs {
+    pub leave: Vec<u64>,
+    pub withdraw: Vec<u64>,
+    pub take_back: Vec<u64>,
+}
+
+/// A pause of a node: which process, until when, and whether anyone declared it down.
+#[derive(Clone, Copy, Debug)]
+struct PauseWindow {
+    boot: u64,
+    from: u64,
+    until: u64,
+    declared_down: bool,
+}
 
 /// What the fleet is converging after.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +177,10 @@ pub struct Checks {
     /// Whether L1 has been evaluated since `converge_from` was set.
     evaluated: bool,
     heal_convergences: Vec<u64>,
+    /// Whether the heal L1 is converging after removed a partition.
+    healing_partition: bool,
+    /// Every convergence after a heal that removed a partition, ms.
+    pub partition_heals: Vec<u64>,
     pub heal_convergence_ms: Option<u64>,
     pub boot_convergence_ms: Option<u64>,
     converged_once: bool,
@@ -150,8 +188,20 @@ pub struct Checks {
     stable_after: Option<u64>,
     pending_failover: Vec<Option<u64>>,
     pub failovers: Vec<u64>,
-    last_yield: Vec<Option<u64>>,
+    /// When `r`'s ticket was last yielded, and why.
+    last_yield: Vec<Option<(u64, Option<HandoffKind>)>>,
     pub handoffs: Vec<u64>,
+    /// Why each holder was told to stop, until it yields: `(node, resource)`.
+    lost_reasons: BTreeMap<(u32, usize), LostReason>,
+    /// `handoffs`, by why the holder yielded (handoffs of other kinds are in neither).
+    pub handoffs_by_kind: Handoffs,
+    /// The last pause of each node.
+    pauses_by_node: BTreeMap<u32, PauseWindow>,
+    /// Pauses that froze a node.
+    pub pauses: u64,
+    /// Pauses whose node was declared down by any node while frozen or within
+    /// [`PAUSE_DOWN_WINDOW`] after it resumed.
+    pub paused_declared_down: u64,
     pub ownership_changes: u64,
     pub false_downs: u64,
     pub effects: Effects,
@@ -212,6 +262,8 @@ impl Checks {
             converge_from: Some((0, Phase::Boot)),
             evaluated: false,
             heal_convergences: Vec::new(),
+            healing_partition: false,
+            partition_heals: Vec::new(),
             heal_convergence_ms: None,
             boot_convergence_ms: None,
             converged_once: false,
@@ -221,6 +273,11 @@ impl Checks {
             failovers: Vec::new(),
             last_yield: vec![None; resources],
             handoffs: Vec::new(),
+            lost_reasons: BTreeMap::new(),
+            handoffs_by_kind: Handoffs::default(),
+            pauses_by_node: BTreeMap::new(),
+            pauses: 0,
+            paused_declared_down: 0,
             ownership_changes: 0,
             false_downs: 0,
             effects: Effects::default(),
@@ -290,8 +347,9 @@ impl Checks {
         }
     }
 
-    /// The network healed; `last` for the final heal of the run.
-    pub fn heal(&mut self, at: u64, last: bool) {
+    /// The network healed; `last` for the final heal of the run, `partition` when a
+    /// partition was in effect until now.
+    pub fn heal(&mut self, at: u64, last: bool, partition: bool) {
         // Q3 is a bound for a partition in effect.
         self.pending_majority.iter_mut().for_each(|p| *p = None);
         if !last
@@ -306,6 +364,9 @@ impl Checks {
         if !last && self.ongoing {
             return;
         }
+        // The final heal may come at the instant a partition's heal did.
+        let same_instant = self.converge_from.is_some_and(|(from, _)| from == at);
+        self.healing_partition = partition || (same_instant && self.healing_partition);
         self.converge_from = Some((at, if last { Phase::FinalHeal } else { Phase::Heal }));
         self.converged_since = None;
         self.evaluated = false;
@@ -318,6 +379,41 @@ impl Checks {
         if healthy && self.stable_loss {
             self.pending_failover[r] = Some(at);
         }
+    }
+
+    /// Node `node` (process `boot`) is frozen from `at` until `until`.
+    pub fn paused(&mut self, node: u32, boot: u64, at: u64, until: u64) {
+        self.pauses += 1;
+        let window = PauseWindow {
+            boot,
+            from: at,
+            until,
+            declared_down: false,
+        };
+        self.pauses_by_node.insert(node, window);
+    }
+
+    /// A node declared the live node `node` (process `boot`) down: counted once per pause
+    /// if it falls in that pause's window.
+    pub fn declared_down(&mut self, at: u64, node: u32, boot: u64) {
+        if let Some(p) = self.pauses_by_node.get_mut(&node)
+            && p.boot == boot
+            && !p.declared_down
+            && (p.from..=p.until + PAUSE_DOWN_WINDOW).contains(&at)
+        {
+            p.declared_down = true;
+            self.paused_declared_down += 1;
+        }
+    }
+
+    /// Node `i`'s process ended: what it was told to stop holding ends with it.
+    pub fn process_ended(&mut self, i: u32) {
+        self.lost_reasons.retain(|(node, _), _| *node != i);
+    }
+
+    /// Node `i` was told to stop holding `r`, for `reason`.
+    pub fn lost(&mut self, i: u32, r: usize, reason: LostReason) {
+        self.lost_reasons.insert((i, r), reason);
     }
 
     pub fn false_down(&mut self, at: u64, during_partition: bool) {

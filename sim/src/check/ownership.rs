@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{CUT_ACQUISITIONS, CUT_WINDOW, Checks, Fleet, SETTLE};
+use gossip_election::proto::LostReason;
+
+use super::{CUT_ACQUISITIONS, CUT_WINDOW, Checks, Fleet, HandoffKind, SETTLE};
 use crate::net::Partition;
 use crate::scenario::S;
 use crate::world::resource_name;
@@ -61,7 +63,16 @@ impl Checks {
             );
             self.violate("yield-after-drop", fleet.now, detail);
         }
-        self.last_yield[r] = Some(fleet.now);
+        // During the boot nodes become ready in any order: displacements then are no
+        // take-backs.
+        let reason = self.lost_reasons.remove(&(i, r));
+        let kind = match reason.filter(|_| fleet.now >= self.boot_end) {
+            Some(LostReason::Leaving) => Some(HandoffKind::Leave),
+            Some(LostReason::Withdrawn) => Some(HandoffKind::Withdraw),
+            Some(LostReason::Displaced) => Some(HandoffKind::TakeBack),
+            _ => None,
+        };
+        self.last_yield[r] = Some((fleet.now, kind));
     }
 
     /// Node `i` acquired `r` with fencing term `term` (and is a holder already): S1, L3,
@@ -81,10 +92,17 @@ impl Checks {
         }
         if let Some(t) = self.pending_failover[r].take() {
             self.failovers.push(now - t);
-        } else if let Some(t) = self.last_yield[r].take()
+        } else if let Some((t, kind)) = self.last_yield[r].take()
             && now - t < 5 * S
         {
             self.handoffs.push(now - t);
+            let by_kind = &mut self.handoffs_by_kind;
+            match kind {
+                Some(HandoffKind::Leave) => by_kind.leave.push(now - t),
+                Some(HandoffKind::Withdraw) => by_kind.withdraw.push(now - t),
+                Some(HandoffKind::TakeBack) => by_kind.take_back.push(now - t),
+                None => {}
+            }
         }
         if let Some(stable) = self.stable_after
             && now >= stable

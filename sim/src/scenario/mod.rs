@@ -75,11 +75,23 @@ pub enum Scenario {
     /// every node restarts with M again, and the last node starts. (In available mode,
     /// rolling restarts with one node out.)
     Resize,
+    /// As `PartitionHalves`, one way: packets from the first half to the second are
+    /// dropped, the reverse passes.
+    PartitionOneWay,
+    /// As `PartitionHalves`, with one node (drawn per seed) that reaches both halves.
+    PartitionBridge,
+    /// As `PartitionHalves`, with overlapping majorities: nodes on a ring reach those at
+    /// most a quarter of the ring away.
+    PartitionRing,
+    /// Every 10 s the holder of a resource (drawn per pause) is frozen for exactly 1 s,
+    /// starting at a random instant within the first second of the 10: whether the fleet
+    /// declares a paused holder down.
+    PauseHolder,
 }
 
 impl Scenario {
     /// Every scenario, in CLI order.
-    pub const ALL: [Scenario; 17] = [
+    pub const ALL: [Scenario; 21] = [
         Scenario::Steady,
         Scenario::CrashOwner,
         Scenario::CrashOwnerRestarting,
@@ -97,6 +109,10 @@ impl Scenario {
         Scenario::Churn,
         Scenario::Swarm,
         Scenario::Resize,
+        Scenario::PartitionOneWay,
+        Scenario::PartitionBridge,
+        Scenario::PartitionRing,
+        Scenario::PauseHolder,
     ];
 
     /// The CLI name.
@@ -119,6 +135,10 @@ impl Scenario {
             Scenario::Churn => "churn",
             Scenario::Swarm => "swarm",
             Scenario::Resize => "resize",
+            Scenario::PartitionOneWay => "partition-one-way",
+            Scenario::PartitionBridge => "partition-bridge",
+            Scenario::PartitionRing => "partition-ring",
+            Scenario::PauseHolder => "pause-holder",
         }
     }
 
@@ -133,6 +153,9 @@ impl Scenario {
             self,
             Scenario::PartitionHalves
                 | Scenario::PartitionMinority
+                | Scenario::PartitionOneWay
+                | Scenario::PartitionBridge
+                | Scenario::PartitionRing
                 | Scenario::IsolateOwner
                 | Scenario::OneWayCut
                 | Scenario::Reschedule

@@ -109,26 +109,41 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                 t += 20 * S;
             }
         }
-        Scenario::PartitionHalves | Scenario::PartitionMinority => {
+        Scenario::PartitionHalves
+        | Scenario::PartitionMinority
+        | Scenario::PartitionOneWay
+        | Scenario::PartitionBridge
+        | Scenario::PartitionRing => {
             kinds.push("partition");
             kinds.push("crash-owner");
-            let group: Vec<u8> = if input.scenario == Scenario::PartitionHalves {
-                halves(n)
-            } else {
-                let mut g = vec![0u8; n];
-                let third = (n / 3).max(1);
-                let mut chosen = 0;
-                while chosen < third {
-                    let i = pick(rng, n) as usize;
-                    if g[i] == 0 {
-                        g[i] = 1;
-                        chosen += 1;
+            let shape = match input.scenario {
+                Scenario::PartitionMinority => {
+                    let mut g = vec![0u8; n];
+                    let third = (n / 3).max(1);
+                    let mut chosen = 0;
+                    while chosen < third {
+                        let i = pick(rng, n) as usize;
+                        if g[i] == 0 {
+                            g[i] = 1;
+                            chosen += 1;
+                        }
                     }
+                    Partition::Groups(g)
                 }
-                g
+                Scenario::PartitionOneWay => Partition::OneWay {
+                    group: halves(n),
+                    from: 0,
+                    to: 1,
+                },
+                Scenario::PartitionBridge => Partition::Bridge {
+                    group: halves(n),
+                    bridge: pick(rng, n),
+                },
+                Scenario::PartitionRing => Partition::Ring { nodes: n as u32 },
+                _ => Partition::Groups(halves(n)),
             };
             let span = c1 - c0;
-            faults.push((c0, Fault::Partition(Partition::Groups(group))));
+            faults.push((c0, Fault::Partition(shape)));
             faults.push((c0 + (span / 2).min(120 * S), Fault::HealNetwork));
             faults.push((
                 c0 + span * 3 / 4,
@@ -137,6 +152,23 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                     restart_after: 10 * S,
                 },
             ));
+        }
+        Scenario::PauseHolder => {
+            kinds.push("pause");
+            // A random phase against the probe rounds; the pause ends long before the next.
+            let mut t = c0;
+            while t + 10 * S <= c1 {
+                let resource = rng.random_range(0..resources);
+                let phase = rng.random_range(0..S);
+                faults.push((
+                    t + phase,
+                    Fault::PauseHolder {
+                        resource,
+                        duration: S,
+                    },
+                ));
+                t += 10 * S;
+            }
         }
         Scenario::IsolateOwner => {
             kinds.push("partition");

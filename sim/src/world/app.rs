@@ -48,6 +48,9 @@ impl World {
                     let fp = self.nodes[i as usize].fp;
                     self.checks.unhold(fp, r);
                 }
+                if r < self.truth.holders.len() {
+                    self.checks.lost(i, r, reason);
+                }
                 self.trace(Some(i), "lost", format!("{resource} {reason}"));
             }
             Event::Yielded {
@@ -67,6 +70,7 @@ impl World {
                     if slot.up() && slot.boot == id.boot() && slot.port == id.addr().port() {
                         self.checks
                             .false_down(self.now, self.net.partition != Partition::None);
+                        self.checks.declared_down(self.now, j, id.boot());
                         if self.net.partition == Partition::None {
                             self.checks.down_after_cut(self.now, i, j);
                         }

@@ -176,9 +176,10 @@ impl World {
                 if let Some(cut) = self.checks.cut_node.take() {
                     self.checks.cut_healed = Some((now, cut));
                 }
+                let partitioned = self.net.partition != Partition::None;
                 self.net_mut().partition = Partition::None;
                 self.checks.disturbed(now, true);
-                self.checks.heal(now, false);
+                self.checks.heal(now, false, partitioned);
             }
             Fault::Pause { node, duration } => self.pause(node, duration),
             Fault::SetMembers { node, members } => {
@@ -211,6 +212,7 @@ impl World {
                 self.obtain(node, resource);
             }
             Fault::Heal => {
+                let partitioned = self.net.partition != Partition::None;
                 self.net_mut().partition = Partition::None;
                 self.net_mut().extra_loss = 0.0;
                 self.checks.disturbing(false, now);
@@ -229,7 +231,7 @@ impl World {
                     }
                 }
                 self.checks.disturbed(now, true);
-                self.checks.heal(now, true);
+                self.checks.heal(now, true, partitioned);
             }
         }
     }
@@ -252,7 +254,9 @@ impl World {
             return;
         }
         slot.paused_until = self.now + duration;
-        let epoch = slot.epoch;
+        let (epoch, boot) = (slot.epoch, slot.boot);
+        self.checks
+            .paused(node, boot, self.now, self.now + duration);
         self.push(self.now + duration, Ev::Resume { node, epoch });
         self.checks.disturbed(self.now, false);
         self.checks.disturbed(self.now + duration, false);

@@ -98,6 +98,7 @@ impl World {
         slot.wake_at = None;
         slot.paused_until = 0;
         slot.restart_after_leave = None;
+        self.checks.process_ended(i);
         true
     }
 
