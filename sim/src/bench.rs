@@ -65,6 +65,11 @@ impl Measure {
             Scenario::CrashOwner => &[Measure::Failover, Measure::HandoffTakeBack],
             Scenario::RollingLeave => &[Measure::HandoffLeave, Measure::HandoffTakeBack],
             Scenario::Churn => &[Measure::HandoffWithdraw, Measure::HandoffTakeBack],
+            Scenario::HandOver => &[
+                Measure::HandoffLeave,
+                Measure::HandoffWithdraw,
+                Measure::HandoffTakeBack,
+            ],
             Scenario::PartitionHalves
             | Scenario::PartitionMinority
             | Scenario::IsolateOwner
@@ -95,10 +100,11 @@ impl Measure {
 }
 
 /// The scenarios of the bench, in table order.
-pub const SCENARIOS: [Scenario; 12] = [
+pub const SCENARIOS: [Scenario; 13] = [
     Scenario::CrashOwner,
     Scenario::RollingLeave,
     Scenario::Churn,
+    Scenario::HandOver,
     Scenario::PartitionHalves,
     Scenario::PartitionMinority,
     Scenario::IsolateOwner,
@@ -320,21 +326,21 @@ pub struct Summary {
     pub wall_seconds: f64,
 }
 
-/// Runs the default (or `full`) matrix; see [`bench`].
+/// Runs `cells` (the default or `full` matrix, or part of it); see [`bench`].
 pub fn bench_matrix(
+    cells: &[Cell],
     full: bool,
     threads: usize,
     mut each_run: impl FnMut(&Cell, &Report),
     each_cell: impl FnMut(&[Row]),
 ) -> (Vec<Row>, Summary) {
     let began = Instant::now();
-    let cells = matrix(full);
     let mut violations = 0;
     let count = |cell: &Cell, report: &Report| {
         violations += report.violations.len() as u64;
         each_run(cell, report);
     };
-    let rows = bench(&cells, threads, count, each_cell);
+    let rows = bench(cells, threads, count, each_cell);
     let summary = Summary {
         cells: cells.len(),
         rows: rows.len(),

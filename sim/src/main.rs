@@ -54,6 +54,15 @@ enum Command {
         /// Runs at once, each on one thread (default: the machine's cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Only the cells of this fleet size (10, 100 or 1000).
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Only the cells of this loss (0, 0.01 or 0.05).
+        #[arg(long)]
+        loss: Option<f64>,
+        /// Only the cells of these scenarios (repeatable).
+        #[arg(long)]
+        scenario: Vec<String>,
     },
     /// A run again, with a JSON-lines trace.
     Replay {
@@ -222,7 +231,7 @@ fn print_report(report: &sim::Report, json: bool) {
 
 /// `sim bench`: rows to stderr (JSON: to stdout) as cells finish, then the table and the
 /// commands that reproduce each cell.
-fn bench(json: bool, full: bool, threads: Option<usize>) -> ExitCode {
+fn bench(json: bool, full: bool, threads: Option<usize>, cells: &[sim::bench::Cell]) -> ExitCode {
     let threads = threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
@@ -230,13 +239,14 @@ fn bench(json: bool, full: bool, threads: Option<usize>) -> ExitCode {
         eprintln!("error: --threads must be at least 1");
         return ExitCode::from(2);
     }
-    let runs: u64 = sim::bench::matrix(full).iter().map(|c| c.seeds).sum();
+    let runs: u64 = cells.iter().map(|c| c.seeds).sum();
     let mut finished = 0;
     if !json {
         eprintln!("{runs} runs on {threads} threads; rows as their cells finish:");
         eprintln!("{}", sim::bench::header());
     }
     let (rows, summary) = sim::bench::bench_matrix(
+        cells,
         full,
         threads,
         |cell, report| {
@@ -333,7 +343,28 @@ fn main() -> ExitCode {
             json,
             full,
             threads,
-        } => bench(json, full, threads),
+            nodes,
+            loss,
+            scenario,
+        } => {
+            let mut cells = sim::bench::matrix(full);
+            for name in &scenario {
+                if Scenario::parse(name).is_none() {
+                    eprintln!("error: unknown scenario {name:?}; see `sim scenarios`");
+                    return ExitCode::from(2);
+                }
+            }
+            cells.retain(|c| {
+                nodes.is_none_or(|n| c.nodes == n)
+                    && loss.is_none_or(|l| (c.loss - l).abs() < 1e-9)
+                    && (scenario.is_empty() || scenario.iter().any(|s| s == c.scenario.name()))
+            });
+            if cells.is_empty() {
+                eprintln!("error: no cell of the matrix matches --nodes, --loss and --scenario");
+                return ExitCode::from(2);
+            }
+            bench(json, full, threads, &cells)
+        }
         Command::Scenarios => {
             for scenario in Scenario::ALL {
                 println!("{}", scenario.name());

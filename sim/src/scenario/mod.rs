@@ -87,11 +87,16 @@ pub enum Scenario {
     /// starting at a random instant within the first second of the 10: whether the fleet
     /// declares a paused holder down.
     PauseHolder,
+    /// Every 4 s a holder hands its ticket over on purpose, in turn by leaving gracefully
+    /// (it starts again 500 ms after it left, and takes the ticket back once ready) and by
+    /// withdrawing (it competes again 2 s later, and takes it back): graceful handoffs,
+    /// enough of them to measure in a large fleet, each move seconds from the next.
+    HandOver,
 }
 
 impl Scenario {
     /// Every scenario, in CLI order.
-    pub const ALL: [Scenario; 21] = [
+    pub const ALL: [Scenario; 22] = [
         Scenario::Steady,
         Scenario::CrashOwner,
         Scenario::CrashOwnerRestarting,
@@ -113,6 +118,7 @@ impl Scenario {
         Scenario::PartitionBridge,
         Scenario::PartitionRing,
         Scenario::PauseHolder,
+        Scenario::HandOver,
     ];
 
     /// The CLI name.
@@ -139,6 +145,7 @@ impl Scenario {
             Scenario::PartitionBridge => "partition-bridge",
             Scenario::PartitionRing => "partition-ring",
             Scenario::PauseHolder => "pause-holder",
+            Scenario::HandOver => "hand-over",
         }
     }
 
@@ -182,6 +189,9 @@ pub enum Fault {
     Leave { node: u32, restart_after: u64 },
     /// As `Leave`, for whoever holds the resource (its first holder in rank order).
     LeaveHolder { resource: usize, restart_after: u64 },
+    /// Whoever holds the resource (its first holder in rank order) withdraws, and obtains
+    /// it again after the given delay (ns).
+    WithdrawHolder { resource: usize, obtain_after: u64 },
     /// Start a new instance whose clock stepped back: its boot is below the last one's, so
     /// the fleet keeps preferring the old identity until the node raises its boot.
     RestartClockBack(u32),

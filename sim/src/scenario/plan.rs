@@ -153,6 +153,31 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                 },
             ));
         }
+        Scenario::HandOver => {
+            kinds.push("leave");
+            kinds.push("churn");
+            let mut t = c0;
+            let mut k = 0u64;
+            while t + 4 * S < c1 {
+                let resource = rng.random_range(0..resources);
+                faults.push((
+                    t,
+                    if k % 2 == 0 {
+                        Fault::LeaveHolder {
+                            resource,
+                            restart_after: 500 * MS,
+                        }
+                    } else {
+                        Fault::WithdrawHolder {
+                            resource,
+                            obtain_after: 2 * S,
+                        }
+                    },
+                ));
+                k += 1;
+                t += 4 * S;
+            }
+        }
         Scenario::PauseHolder => {
             kinds.push("pause");
             // A random phase against the probe rounds; the pause ends long before the next.

@@ -203,6 +203,19 @@ impl World {
                 self.net_mut().extra_loss = 0.0;
                 self.checks.disturbing(false, now);
             }
+            Fault::WithdrawHolder {
+                resource,
+                obtain_after,
+            } => {
+                if let Some(node) = self.holder_of(resource) {
+                    self.checks.planned_move(now, node);
+                    self.withdraw(node, resource);
+                    self.push(
+                        now + obtain_after,
+                        Ev::Fault(Fault::Obtain { node, resource }),
+                    );
+                }
+            }
             Fault::Withdraw { node, resource } => {
                 self.checks.planned_move(now, node);
                 self.withdraw(node, resource);
