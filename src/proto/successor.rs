@@ -34,6 +34,8 @@ pub(super) struct SuccessorProbes {
     seq: u32,
     /// Whether a [`CoreTimer::SuccessorTick`] is pending.
     ticking: bool,
+    /// When the last probe period began.
+    last_tick: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -110,14 +112,23 @@ impl Core {
         let period = self.cfg.timing.probe_period;
         if self.successor.targets.is_empty() || self.state == super::NodeState::Left {
             self.successor.ticking = false;
+            self.successor.last_tick = None;
             return;
         }
         self.clear_refuted();
+        // A period much longer than `probe_period` means this node stalled itself: the
+        // answers may be waiting in its socket. Silence counts only over a period it ran.
+        let ran = self
+            .successor
+            .last_tick
+            .is_some_and(|last| now <= last + period + period / 2);
+        self.successor.last_tick = Some(now);
         let silent: Vec<SocketAddr> = self
             .successor
             .targets
             .iter()
             .filter(|(_, t)| t.awaiting.is_some() && t.answered && t.suspected.is_none())
+            .filter(|_| ran)
             .map(|(a, _)| *a)
             .collect();
         for addr in silent {
