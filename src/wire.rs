@@ -141,8 +141,6 @@ pub enum Message {
     /// "Are you alive?", from the next candidate in rank of a resource `target` holds (or
     /// is desired for), once a probe period. An older process at the address ignores it.
     HolderProbe {
-        /// Names the probe; the answer echoes it.
-        seq: u32,
         /// The process probed.
         target: NodeId,
         /// The sender suspects `target` at this incarnation: refute it (foca's refutation).
@@ -151,8 +149,6 @@ pub enum Message {
     /// The answer to a [`Message::HolderProbe`], with the sender's current incarnation (past
     /// any suspicion the probe carried).
     HolderAck {
-        /// The probe answered.
-        seq: u32,
         /// The sender's foca incarnation.
         incarnation: u16,
     },

@@ -20,8 +20,11 @@ use super::{
 };
 use crate::wire;
 
-/// How many members a node must have declared down itself (and more than it heard of
-/// from others) before being declared down, for it to conclude it was the one cut off.
+/// The most downs `Membership::downs` keeps (it is scanned on packets from non-members).
+const MAX_DOWNS_KEPT: usize = 1024;
+
+/// How many members a node must have declared down itself, while it heard nobody, to
+/// conclude it was the one cut off (see `Core::cut_off`).
 const CUT_OFF_DOWNS: usize = 3;
 
 /// Foca membership and what this node remembers of members.
@@ -62,10 +65,12 @@ pub(super) struct Membership {
     pub(super) own_incarnation: u16,
     /// When members that did not say they were leaving went down within the last
     /// [`REJOIN_WINDOW`](super::REJOIN_WINDOW), oldest first, and whether this node
-    /// declared each itself (its own suspicion ran out) or learnt it from others.
+    /// declared each itself (its own suspicion ran out) while it heard nobody at all.
     pub(super) downs: VecDeque<(Duration, SocketAddr, bool)>,
     /// Set while one of this node's own suspicion timers runs in foca.
     pub(super) declaring: bool,
+    /// When this node last received a datagram that decoded, from anyone.
+    pub(super) last_datagram: Duration,
 }
 
 impl Core {
@@ -165,8 +170,20 @@ impl Core {
                 if self.view.members.get(&id.addr()) == Some(&id) {
                     self.member_gone(now, id);
                     if !self.membership.last_gone_left {
-                        let own = self.membership.declaring;
-                        self.membership.downs.push_back((now, id.addr(), own));
+                        // Declared by this node's own suspicion, and after hearing nothing
+                        // from anyone for a suspicion time: it may be the one cut off.
+                        let deaf = self.membership.declaring
+                            && now
+                                >= self.membership.last_datagram + self.cfg.timing.suspect_to_down;
+                        let downs = &mut self.membership.downs;
+                        downs.push_back((now, id.addr(), deaf));
+                        while downs.len() > MAX_DOWNS_KEPT
+                            || downs
+                                .front()
+                                .is_some_and(|(t, _, _)| *t + super::REJOIN_WINDOW < now)
+                        {
+                            downs.pop_front();
+                        }
                     }
                     // A node whose packets may not get out has no standing to declare
                     // anyone down: its failed probes prove nothing of the member. The
@@ -245,7 +262,7 @@ impl Core {
                         "declared down after declaring members down that nobody else did: this \
                          node was cut off; rebuilding the membership instance"
                     );
-                    self.rebuild_foca(now);
+                    self.rebuild_cut_off(now);
                     return;
                 }
                 if again {
@@ -296,8 +313,9 @@ impl Core {
 
     /// Whether this node was most likely the one cut off: within the last
     /// [`REJOIN_WINDOW`](super::REJOIN_WINDOW) it declared at least [`CUT_OFF_DOWNS`]
-    /// members down itself and heard of fewer downs from anyone else (in a partition
-    /// between groups, the downs of the other group reach a node from its own group).
+    /// members down itself after hearing nothing at all, from anyone, for a suspicion
+    /// time. (In a partition between groups a node hears its own group; a node cut off
+    /// one way hears everyone; both are left to the other rules.)
     ///
     /// The downs such a node declared are false, and still queued in its membership
     /// instance; gossiped once the cut heals, or answered with `TurnUndead` when those
@@ -309,8 +327,7 @@ impl Core {
         while downs.front().is_some_and(|(t, _, _)| *t + window < now) {
             downs.pop_front();
         }
-        let own = downs.iter().filter(|(_, _, own)| *own).count();
-        own >= CUT_OFF_DOWNS && own > downs.len() - own
+        downs.iter().filter(|(_, _, deaf)| *deaf).count() >= CUT_OFF_DOWNS
     }
 
     /// A foca packet from `from`, which is not a live member here: if this node declared
@@ -321,15 +338,24 @@ impl Core {
             .membership
             .downs
             .iter()
-            .any(|(_, addr, own)| *own && *addr == from);
+            .any(|(_, addr, deaf)| *deaf && *addr == from);
         if declared && !self.leaving && self.cut_off(now) {
             info!(
                 member = %from,
                 "a member this node declared down speaks to it, and nobody else declared \
                  members down: this node was cut off; rebuilding the membership instance"
             );
-            self.rebuild_foca(now);
+            self.rebuild_cut_off(now);
         }
+    }
+
+    /// Rebuilds the membership instance of a node that was cut off. It counts as losing
+    /// every member: the cut may have been one way (it heard the fleet, nobody heard it),
+    /// so once connected again it competes for nothing new until a member answers it
+    /// (see `Core::rejoined_after_idle`).
+    fn rebuild_cut_off(&mut self, now: Duration) {
+        self.conn.idles.push_back(now);
+        self.rebuild_foca(now);
     }
 
     /// Forgets the records of members down for [`DORMANT_FOR`].

@@ -190,6 +190,7 @@ impl Core {
                 own_incarnation: 0,
                 downs: VecDeque::new(),
                 declaring: false,
+                last_datagram: now,
             },
             conn: connection::Connection {
                 active: false,
@@ -291,6 +292,12 @@ impl Core {
         self.stats.bytes_in += data.len() as u64;
         store::lock(&self.store).now = now;
         let decoded = wire::decode(data);
+        if decoded.is_ok() {
+            self.membership.last_datagram = now;
+            if !self.successor.is_empty() {
+                self.heard_from_holder(from);
+            }
+        }
         // Only a disconnected node asks when it last heard the fleet (it was hearing it
         // until it disconnected): connected, skip the lookups.
         if !self.conn.active
@@ -441,14 +448,10 @@ impl Core {
                 self.sync.reported.insert(from, (view, now));
                 self.answer_versions(now, from, buckets, &entries)
             }
-            Message::HolderProbe {
-                seq,
-                target,
-                suspected,
-            } => self.handle_holder_probe(now, from, (seq, target, suspected)),
-            Message::HolderAck { seq, incarnation } => {
-                self.handle_holder_ack(now, from, (seq, incarnation))
+            Message::HolderProbe { target, suspected } => {
+                self.handle_holder_probe(now, from, target, suspected)
             }
+            Message::HolderAck { incarnation } => self.handle_holder_ack(now, from, incarnation),
         }
     }
 

@@ -5,14 +5,18 @@
 //! at 100 members that wait is most of a failover's tail. The node that takes over when a
 //! holder goes (the first candidate after the desired ones) has every reason to watch the
 //! holder itself: it sends a [`Message::HolderProbe`] every probe period, resends it after
-//! `probe_rtt` and `2·probe_rtt` while unanswered, and when a whole period passed with no
-//! answer it suspects the holder through foca, which gossips the suspicion and lets the
-//! holder refute it, exactly as after a failed foca probe; the suspicion turns into a down
-//! `suspect_to_down` later unless refuted. Later probes carry the suspicion, so a holder
-//! that was only stalled refutes it in its answer as soon as it runs again.
+//! `probe_rtt` and `2·probe_rtt` while nothing came back, and when a whole period passed in
+//! which nothing at all arrived from the holder (any datagram counts: under loss its foca
+//! traffic often gets through where an answer did not) it suspects the holder through
+//! foca, which gossips the suspicion and lets the holder refute it, exactly as after a
+//! failed foca probe; the suspicion turns into a down `suspect_to_down` later unless
+//! refuted. Later probes carry the suspicion, so a holder that was only stalled refutes it
+//! in its answer as soon as it runs again.
 //!
 //! A holder that never answered (an older build, or a process that was gone before the
-//! first probe) is never suspected this way: foca's own probes still find it.
+//! first probe) is never suspected this way: foca's own probes still find it. Nor is a
+//! holder whose silence this node may have missed: a tick that runs late (this node
+//! stalled, and answers wait in its socket behind the timer) counts no silence.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,26 +35,35 @@ const RESENDS: u8 = 2;
 #[derive(Debug, Default)]
 pub(super) struct SuccessorProbes {
     targets: BTreeMap<SocketAddr, Target>,
-    seq: u32,
     /// Whether a [`CoreTimer::SuccessorTick`] is pending.
     ticking: bool,
-    /// When the last probe period began.
-    last_tick: Option<Duration>,
+    /// When the pending [`CoreTimer::SuccessorTick`] is due (None: the first tick).
+    tick_due: Option<Duration>,
 }
+
+/// A tick that runs later than this after it was due means this node stalled: answers may
+/// be waiting in its socket behind the timer, so silence does not count that period.
+const LATE_TICK: Duration = Duration::from_millis(10);
 
 #[derive(Debug)]
 struct Target {
     id: NodeId,
-    /// The probe of this period, while unanswered.
-    awaiting: Option<u32>,
+    /// Probed this period, and nothing heard from it since.
+    awaiting: bool,
     resent: u8,
-    /// Whether this process ever answered: only then is silence a reason to suspect it.
+    /// Whether this process ever answered a probe (it speaks this protocol): only then is
+    /// silence a reason to suspect it.
     answered: bool,
     /// Suspected by this node at this incarnation.
     suspected: Option<u16>,
 }
 
 impl SuccessorProbes {
+    /// Whether no holder is probed.
+    pub(super) fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
     /// The holders probed now, for tests and inspection.
     #[cfg(test)]
     pub(super) fn targets(&self) -> Vec<SocketAddr> {
@@ -95,7 +108,7 @@ impl Core {
         for (addr, id) in wanted {
             probes.targets.entry(addr).or_insert(Target {
                 id,
-                awaiting: None,
+                awaiting: false,
                 resent: 0,
                 answered: false,
                 suspected: None,
@@ -103,6 +116,7 @@ impl Core {
         }
         if !probes.targets.is_empty() && !probes.ticking {
             probes.ticking = true;
+            probes.tick_due = None;
             self.schedule(now, CoreTimer::SuccessorTick);
         }
     }
@@ -112,22 +126,21 @@ impl Core {
         let period = self.cfg.timing.probe_period;
         if self.successor.targets.is_empty() || self.state == super::NodeState::Left {
             self.successor.ticking = false;
-            self.successor.last_tick = None;
             return;
         }
         self.clear_refuted();
-        // A period much longer than `probe_period` means this node stalled itself: the
-        // answers may be waiting in its socket. Silence counts only over a period it ran.
+        // Timers run before the datagrams that queued while this node stalled: a late tick
+        // may find answers not read yet. Silence counts only over a period it ran.
         let ran = self
             .successor
-            .last_tick
-            .is_some_and(|last| now <= last + period + period / 2);
-        self.successor.last_tick = Some(now);
+            .tick_due
+            .is_some_and(|due| now <= due + LATE_TICK);
+        self.successor.tick_due = Some(now + period);
         let silent: Vec<SocketAddr> = self
             .successor
             .targets
             .iter()
-            .filter(|(_, t)| t.awaiting.is_some() && t.answered && t.suspected.is_none())
+            .filter(|(_, t)| t.awaiting && t.answered && t.suspected.is_none())
             .filter(|_| ran)
             .map(|(a, _)| *a)
             .collect();
@@ -136,10 +149,8 @@ impl Core {
         }
         let addrs: Vec<SocketAddr> = self.successor.targets.keys().copied().collect();
         for addr in addrs {
-            self.successor.seq = self.successor.seq.wrapping_add(1);
-            let seq = self.successor.seq;
             if let Some(t) = self.successor.targets.get_mut(&addr) {
-                t.awaiting = Some(seq);
+                t.awaiting = true;
                 t.resent = 0;
             }
             self.send_holder_probe(addr);
@@ -150,11 +161,20 @@ impl Core {
 
     /// Sends the unanswered probes of this period again.
     pub(super) fn successor_resend(&mut self, now: Duration) {
+        let rtt = self.cfg.timing.probe_rtt;
+        // A resend that would land after the next tick belongs to no period.
+        if self
+            .successor
+            .tick_due
+            .is_some_and(|due| now + rtt / 2 >= due)
+        {
+            return;
+        }
         let due: Vec<SocketAddr> = self
             .successor
             .targets
             .iter()
-            .filter(|(_, t)| t.awaiting.is_some() && t.resent < RESENDS)
+            .filter(|(_, t)| t.awaiting && t.resent < RESENDS)
             .map(|(a, _)| *a)
             .collect();
         let mut again = false;
@@ -166,7 +186,7 @@ impl Core {
             self.send_holder_probe(addr);
         }
         if again {
-            self.schedule(now + self.cfg.timing.probe_rtt, CoreTimer::SuccessorResend);
+            self.schedule(now + rtt, CoreTimer::SuccessorResend);
         }
     }
 
@@ -205,14 +225,10 @@ impl Core {
     }
 
     fn send_holder_probe(&mut self, addr: SocketAddr) {
-        let Some(t) = self.successor.targets.get(&addr) else {
-            return;
-        };
-        let Some(seq) = t.awaiting else {
+        let Some(t) = self.successor.targets.get(&addr).filter(|t| t.awaiting) else {
             return;
         };
         let message = Message::HolderProbe {
-            seq,
             target: t.id,
             suspected: t.suspected,
         };
@@ -234,6 +250,11 @@ impl Core {
         else {
             return;
         };
+        // Without foca's timer token (a fresh instance that scheduled nothing yet) the
+        // suspicion could not turn into a down: leave it to foca.
+        let Some(token) = self.membership.timer_token else {
+            return;
+        };
         debug!(%addr, incarnation, "holder left a probe period unanswered: suspecting it");
         self.stats.successor_suspicions += 1;
         if let Some(t) = self.successor.targets.get_mut(&addr) {
@@ -247,19 +268,26 @@ impl Core {
         ) {
             debug!(%err, "foca refused a suspicion");
         }
-        if let Some(token) = self.membership.timer_token {
-            let instance = self.membership.foca_instance;
-            let timer = Timer::ChangeSuspectToDown {
-                member_id: id,
-                incarnation,
-                token,
-            };
-            self.schedule(
-                now + self.cfg.timing.suspect_to_down,
-                CoreTimer::Foca { instance, timer },
-            );
-        }
+        let instance = self.membership.foca_instance;
+        let timer = Timer::ChangeSuspectToDown {
+            member_id: id,
+            incarnation,
+            token,
+        };
+        self.schedule(
+            now + self.cfg.timing.suspect_to_down,
+            CoreTimer::Foca { instance, timer },
+        );
         self.drain_runtime(now);
+    }
+
+    /// A datagram from `from` arrived: if it is a probed holder, it answered this period
+    /// (any datagram shows it runs, and under loss its foca traffic often gets through
+    /// where a probe's answer did not).
+    pub(super) fn heard_from_holder(&mut self, from: SocketAddr) {
+        if let Some(t) = self.successor.targets.get_mut(&from) {
+            t.awaiting = false;
+        }
     }
 
     /// A probe from a successor: refute what it suspects, and answer.
@@ -267,13 +295,18 @@ impl Core {
         &mut self,
         now: Duration,
         from: SocketAddr,
-        (seq, target, suspected): (u32, NodeId, Option<u16>),
+        target: NodeId,
+        suspected: Option<u16>,
     ) {
         if target != *self.membership.foca.identity() {
             return;
         }
-        // Only a member may make this node move past an incarnation.
-        let suspected = suspected.filter(|_| self.view.members.contains_key(&from));
+        // Only a member may make this node move past an incarnation, and only past its
+        // current one: a lower one is stale (refuted already), a higher one is bogus (it
+        // would push the incarnation to its end and force a new identity).
+        let suspected = suspected.filter(|inc| {
+            *inc == self.membership.own_incarnation && self.view.members.contains_key(&from)
+        });
         if let Some(incarnation) = suspected {
             let suspect = Member::new(target, incarnation, State::Suspect);
             if let Err(err) = self.membership.foca.apply_many(
@@ -283,31 +316,23 @@ impl Core {
             ) {
                 debug!(%err, "foca refused a suspicion of this node");
             }
-            // foca's rule: a suspicion of the current incarnation (or a later one) is
-            // refuted by moving past it.
-            if incarnation >= self.membership.own_incarnation && incarnation < u16::MAX {
+            // foca's rule: a suspicion of the current incarnation is refuted by moving past
+            // it (at the last incarnation foca renews the identity instead).
+            if incarnation < u16::MAX {
                 self.membership.own_incarnation = incarnation + 1;
             }
             self.drain_runtime(now);
         }
         let incarnation = self.membership.own_incarnation;
-        self.send_message(from, &Message::HolderAck { seq, incarnation });
+        self.send_message(from, &Message::HolderAck { incarnation });
     }
 
-    /// An answer to a probe: the holder is alive; past a suspicion, tell foca so.
-    pub(super) fn handle_holder_ack(
-        &mut self,
-        now: Duration,
-        from: SocketAddr,
-        (seq, incarnation): (u32, u16),
-    ) {
+    /// An answer to a probe (which, like any datagram from the holder, counted as one in
+    /// `heard_from_holder`): past a suspicion, tell foca the holder refuted it.
+    pub(super) fn handle_holder_ack(&mut self, now: Duration, from: SocketAddr, incarnation: u16) {
         let Some(t) = self.successor.targets.get_mut(&from) else {
             return;
         };
-        // A late answer to an earlier period still proves the process runs.
-        if t.awaiting == Some(seq) {
-            t.awaiting = None;
-        }
         t.answered = true;
         let Some(suspected) = t.suspected else {
             return;

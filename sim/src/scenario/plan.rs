@@ -162,7 +162,7 @@ pub fn plan(input: &PlanInput, rng: &mut Xoshiro256PlusPlus) -> Plan {
                 let resource = rng.random_range(0..resources);
                 faults.push((
                     t,
-                    if k % 2 == 0 {
+                    if k.is_multiple_of(2) {
                         Fault::LeaveHolder {
                             resource,
                             restart_after: 500 * MS,

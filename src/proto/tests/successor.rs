@@ -151,3 +151,62 @@ fn a_node_cut_off_alone_comes_back_without_making_the_fleet_rejoin() {
         assert_eq!(f.node(i).view.members.len(), n - 1, "w{i} misses members");
     }
 }
+
+#[test]
+fn a_probe_suspecting_an_incarnation_other_than_the_current_one_moves_nothing() {
+    let n = 3;
+    let mut f = competing_fleet(n);
+    let (holder, successor) = holder_and_successor(&mut f, n);
+    let target = *f.node(holder).membership.foca.identity();
+    for suspected in [u16::MAX - 1, u16::MAX, 7] {
+        let probe = crate::wire::encode(&crate::wire::Message::HolderProbe {
+            target,
+            suspected: Some(suspected),
+        });
+        let now = f.now;
+        f.node(holder).handle_datagram(now, addr(successor), &probe);
+        f.flush(addr(holder));
+        f.run_for(Duration::from_millis(300));
+    }
+    assert_eq!(
+        f.node(holder).id.bump(),
+        0,
+        "the holder renewed its identity"
+    );
+    assert_eq!(f.node(holder).membership.own_incarnation, 0);
+    assert_eq!(f.holders("echo"), [format!("w{holder}")]);
+}
+
+#[test]
+fn a_node_that_declared_crashed_holders_down_does_not_rebuild_when_they_restart() {
+    let n = 10;
+    let mut f = fleet(n);
+    f.run_for(Duration::from_secs(2));
+    for r in 0..30 {
+        f.obtain_all(0..n, &format!("job-{r}"), 1);
+    }
+    f.run_for(Duration::from_secs(3));
+    // A node that probes three holders as their successor; the three crash together (a
+    // rack), it declares them down itself, and they come back with new boots.
+    let (watcher, holders) = (0..n)
+        .find_map(|i| {
+            let targets = f.node(i).successor.targets();
+            (targets.len() >= 3).then(|| (i, targets[..3].to_vec()))
+        })
+        .expect("a node probing three holders");
+    let crashed: Vec<usize> = (0..n).filter(|i| holders.contains(&addr(*i))).collect();
+    for i in &crashed {
+        f.crash(*i);
+    }
+    f.run_for(Duration::from_secs(5));
+    assert!(f.node(watcher).stats().successor_suspicions >= 3);
+    let all: Vec<usize> = (0..n).collect();
+    for i in &crashed {
+        f.start(*i, 2000 + *i as u64, &all);
+    }
+    f.run_for(Duration::from_secs(5));
+    for i in (0..n).filter(|i| !crashed.contains(i)) {
+        assert_eq!(f.node(i).stats().rebuilds, 0, "w{i} rebuilt its membership");
+        assert_eq!(f.node(i).view.members.len(), n - 1, "w{i} misses members");
+    }
+}
