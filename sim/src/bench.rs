@@ -125,6 +125,8 @@ pub struct Cell {
     pub seeds: u64,
     /// Simulated duration of each run, ns.
     pub duration: u64,
+    /// `Timing::successor_probes` of every node (off only to compare).
+    pub successor_probes: bool,
 }
 
 impl Cell {
@@ -133,6 +135,7 @@ impl Cell {
         let mut config = RunConfig::new(seed, self.nodes, self.scenario);
         config.duration = self.duration;
         config.loss = self.loss;
+        config.successor_probes = self.successor_probes;
         config
     }
 
@@ -190,6 +193,7 @@ pub fn matrix(full: bool) -> Vec<Cell> {
                     loss,
                     seeds,
                     duration: secs * S,
+                    successor_probes: true,
                 });
             }
         }

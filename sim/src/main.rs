@@ -63,6 +63,9 @@ enum Command {
         /// Only the cells of these scenarios (repeatable).
         #[arg(long)]
         scenario: Vec<String>,
+        /// Turn the successor probes off in every run, to compare.
+        #[arg(long)]
+        no_successor_probes: bool,
     },
     /// A run again, with a JSON-lines trace.
     Replay {
@@ -346,8 +349,12 @@ fn main() -> ExitCode {
             nodes,
             loss,
             scenario,
+            no_successor_probes,
         } => {
             let mut cells = sim::bench::matrix(full);
+            for cell in &mut cells {
+                cell.successor_probes = !no_successor_probes;
+            }
             for name in &scenario {
                 if Scenario::parse(name).is_none() {
                     eprintln!("error: unknown scenario {name:?}; see `sim scenarios`");

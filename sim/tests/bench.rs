@@ -16,6 +16,7 @@ fn bench_cells_pool_every_seed_with_ordered_percentiles() {
             loss: 0.01,
             seeds: 2,
             duration: 120 * S,
+            successor_probes: true,
         },
         Cell {
             scenario: Scenario::PauseHolder,
@@ -23,6 +24,7 @@ fn bench_cells_pool_every_seed_with_ordered_percentiles() {
             loss: 0.01,
             seeds: 2,
             duration: 120 * S,
+            successor_probes: true,
         },
     ];
     let mut finished = Vec::new();
