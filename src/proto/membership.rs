@@ -311,6 +311,19 @@ impl Core {
         self.membership_changed();
     }
 
+    /// Applies what this node learnt of one member (or of itself) to foca, gossiped on like
+    /// foca's own news, and handles what foca does in answer.
+    pub(super) fn apply_to_foca(&mut self, now: Duration, member: foca::Member<NodeId>) {
+        if let Err(err) = self.membership.foca.apply_many(
+            std::iter::once(member),
+            true,
+            &mut self.membership.runtime,
+        ) {
+            debug!(%err, "foca refused a membership update");
+        }
+        self.drain_runtime(now);
+    }
+
     /// Whether this node was most likely the one cut off: within the last
     /// [`REJOIN_WINDOW`](super::REJOIN_WINDOW) it declared at least [`CUT_OFF_DOWNS`]
     /// members down itself after hearing nothing at all, from anyone, for a suspicion

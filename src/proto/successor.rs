@@ -260,14 +260,7 @@ impl Core {
         if let Some(t) = self.successor.targets.get_mut(&addr) {
             t.suspected = Some(incarnation);
         }
-        let suspect = Member::new(id, incarnation, State::Suspect);
-        if let Err(err) = self.membership.foca.apply_many(
-            std::iter::once(suspect),
-            true,
-            &mut self.membership.runtime,
-        ) {
-            debug!(%err, "foca refused a suspicion");
-        }
+        self.apply_to_foca(now, Member::new(id, incarnation, State::Suspect));
         let instance = self.membership.foca_instance;
         let timer = Timer::ChangeSuspectToDown {
             member_id: id,
@@ -278,7 +271,6 @@ impl Core {
             now + self.cfg.timing.suspect_to_down,
             CoreTimer::Foca { instance, timer },
         );
-        self.drain_runtime(now);
     }
 
     /// A datagram from `from` arrived: if it is a probed holder, it answered this period
@@ -308,20 +300,13 @@ impl Core {
             *inc == self.membership.own_incarnation && self.view.members.contains_key(&from)
         });
         if let Some(incarnation) = suspected {
-            let suspect = Member::new(target, incarnation, State::Suspect);
-            if let Err(err) = self.membership.foca.apply_many(
-                std::iter::once(suspect),
-                true,
-                &mut self.membership.runtime,
-            ) {
-                debug!(%err, "foca refused a suspicion of this node");
-            }
+            // foca refutes (and gossips the refutation) when told of its own suspicion.
+            self.apply_to_foca(now, Member::new(target, incarnation, State::Suspect));
             // foca's rule: a suspicion of the current incarnation is refuted by moving past
             // it (at the last incarnation foca renews the identity instead).
             if incarnation < u16::MAX {
                 self.membership.own_incarnation = incarnation + 1;
             }
-            self.drain_runtime(now);
         }
         let incarnation = self.membership.own_incarnation;
         self.send_message(from, &Message::HolderAck { incarnation });
@@ -342,13 +327,6 @@ impl Core {
         }
         t.suspected = None;
         let alive = Member::new(t.id, incarnation, State::Alive);
-        if let Err(err) = self.membership.foca.apply_many(
-            std::iter::once(alive),
-            true,
-            &mut self.membership.runtime,
-        ) {
-            debug!(%err, "foca refused a refutation");
-        }
-        self.drain_runtime(now);
+        self.apply_to_foca(now, alive);
     }
 }
